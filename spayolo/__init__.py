@@ -1,0 +1,15 @@
+"""spayolo: facial expression recognition networks as Ultralytics YOLOv8-cls variants."""
+
+from __future__ import annotations
+
+from . import _autoload  # registers with Ultralytics now or as soon as its parser is imported
+
+__version__ = "0.1.0"
+__all__ = ("__version__", "register")
+
+
+def register() -> None:
+    """Register spayolo's blocks, model names and optimizers with Ultralytics now (otherwise automatic)."""
+    from .registry import install
+
+    install()
