@@ -215,7 +215,8 @@ def _build_stock(d: dict, i: int, f, n: int, m: str, args: list, c1, scale: _Sca
                 f"{_source(d)}: layer {i} ({m}): a stock module with several inputs must be Concat in a spayolo model"
             )
         return Concat(*args), sum(c1), args
-    rows = {"backbone": [[-1, n, m, list(args)], [-1, 1, _ChannelProbe.__name__, ["ch"]]], "head": []}
+    args = list(args)  # the stock parser resolves names in place: show what it built with
+    rows = {"backbone": [[-1, n, m, args], [-1, 1, _ChannelProbe.__name__, ["ch"]]], "head": []}
     one_row = {**{k: v for k, v in d.items() if k not in ("backbone", "head")}, **rows, "scale": scale.scale}
     try:
         layers, _ = stock_parse(one_row, c1, verbose=False)
@@ -225,7 +226,7 @@ def _build_stock(d: dict, i: int, f, n: int, m: str, args: list, c1, scale: _Sca
 
 
 def _type_name(module: nn.Module, m: str) -> str:
-    if getattr(module, "type", None):
+    if isinstance(vars(module).get("type"), str):  # set by the stock parser; nn.Module.type is a method
         return module.type
     cls = BLOCKS[m].cls if m in BLOCKS else type(module)
     return f"{cls.__module__}.{cls.__qualname__}"

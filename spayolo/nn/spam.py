@@ -30,7 +30,7 @@ def real_dft2(x: torch.Tensor) -> torch.Tensor:
     For real x, Re(F) = C_H x C_W - S_H x S_W with C[u, h] = cos(2 pi u h / N) and S[u, h] = sin(2 pi u h / N).
     Two pairs of small matmuls beat an FFT at the 7x7 to 28x28 maps SPAM sees and export to plain ONNX MatMul.
     """
-    h, w = x.shape[-2:]
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed per exported image size; the basis becomes a constant
     cos_h, sin_h = _dft_basis(h, x.device, x.dtype)
     cos_w, sin_w = (cos_h, sin_h) if w == h else _dft_basis(w, x.device, x.dtype)
     return (cos_h @ x @ cos_w - sin_h @ x @ sin_w) / math.sqrt(h * w)

@@ -1,0 +1,129 @@
+"""Face detectors behind one interface: list of BGR frames in, one Detections (boxes, scores, landmarks) per frame out.
+
+Backends: MTCNN (default, weights from the `mtcnn` package), any Ultralytics detect/pose model (.pt/.onnx, e.g. a
+YOLO face model; five keypoints become landmarks) and OpenCV's YuNet (cv2.FaceDetectorYN, user-supplied .onnx).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ("Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector", "build_detector")
+
+
+@dataclass
+class Detections:
+    """Faces of one frame: boxes (N,4) float32 xyxy pixels, scores (N,), landmarks (N,5,2) or None.
+
+    Landmark order (MTCNN/YuNet convention): eye on the image's left, eye on the image's right, nose tip, mouth
+    corner on the image's left, mouth corner on the image's right.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+
+
+class FaceDetector:
+    """Base class: subclasses implement __call__(images: list of HxWx3 uint8 BGR) -> list[Detections]."""
+
+    device: torch.device = torch.device("cpu")
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        raise NotImplementedError
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    return path
+
+
+class MTCNNDetector(FaceDetector):
+    """MTCNN (spayolo.face.mtcnn) on CPU or CUDA; frames of equal size are detected in one batch."""
+
+    def __init__(self, device: str | torch.device = "cpu", min_face: float = 20.0, thresholds=(0.6, 0.7, 0.7)):
+        from .mtcnn import MTCNN
+
+        self.device = torch.device(device)
+        self.model = MTCNN(min_face=min_face, thresholds=thresholds).to(self.device)
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        out: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for ids in groups.values():
+            batch = torch.from_numpy(np.stack([images[i] for i in ids])).to(self.device)
+            batch = batch.flip(-1).permute(0, 3, 1, 2)  # BGR HWC -> RGB CHW
+            for i, (b, s, lmk) in zip(ids, self.model(batch)):
+                out[i] = Detections(b.cpu().numpy(), s.cpu().numpy(), lmk.cpu().numpy())
+        return out
+
+
+class YOLOFaceDetector(FaceDetector):
+    """Any Ultralytics detect (or 5-keypoint pose) model, .pt or .onnx, whose boxes are faces."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.5, imgsz: int = 640):
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(_existing(path, "YOLO face model")), task=None)
+        self.device, self.conf, self.imgsz = torch.device(device), conf, imgsz
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        results = self.model.predict(list(images), conf=self.conf, imgsz=self.imgsz, device=str(self.device), verbose=False)
+        out = []
+        for r in results:
+            kpts = getattr(r, "keypoints", None)
+            lmk = kpts.xy.cpu().numpy() if kpts is not None and kpts.xy.shape[1] == 5 else None
+            out.append(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), lmk))
+        return out
+
+
+class YuNetDetector(FaceDetector):
+    """OpenCV's YuNet (cv2.FaceDetectorYN) with a user-supplied face_detection_yunet .onnx; runs on CPU."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.6, nms: float = 0.3):
+        import cv2
+
+        self.detector = cv2.FaceDetectorYN.create(str(_existing(path, "YuNet model")), "", (320, 320), conf, nms, 5000)
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        out = []
+        for im in images:
+            self.detector.setInputSize((im.shape[1], im.shape[0]))
+            _, faces = self.detector.detect(im)
+            if faces is None:
+                out.append(Detections.empty())
+                continue
+            faces = faces.astype(np.float32)  # rows: x, y, w, h, 5 landmarks (x, y), score
+            boxes = np.concatenate([faces[:, :2], faces[:, :2] + faces[:, 2:4]], 1)
+            out.append(Detections(boxes, faces[:, 14], faces[:, 4:14].reshape(-1, 5, 2)))
+        return out
+
+
+def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device: str | torch.device = "cpu") -> FaceDetector:
+    """'mtcnn', a detector instance, a *yunet*.onnx (YuNet) or any other .pt/.onnx (Ultralytics model)."""
+    if isinstance(name_or_path, FaceDetector):
+        return name_or_path
+    name = str(name_or_path)
+    if name.lower() == "mtcnn":
+        return MTCNNDetector(device)
+    path = Path(name)
+    if path.suffix.lower() not in {".pt", ".onnx"}:
+        raise ValueError(f"unknown face detector {name!r}: use 'mtcnn', a YOLO .pt/.onnx or a YuNet .onnx path")
+    if path.suffix.lower() == ".onnx" and "yunet" in path.stem.lower():
+        return YuNetDetector(path, device)
+    return YOLOFaceDetector(path, device)

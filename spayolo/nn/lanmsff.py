@@ -1,0 +1,138 @@
+"""LANMSFF blocks ("A Lightweight Attention-based Deep Network via Multi-Scale Feature Fusion for Multi-View FER").
+
+MassAtt (eq. 3-4), point-wise feature selection PWFS (eq. 2), the shuffle-split dual-path block and the multi-level
+classification head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from ultralytics.nn.modules import Conv
+
+from spayolo.registry import register_block
+
+from .common import channel_shuffle
+
+__all__ = ("LANMSFFBlock", "LANMSFFHead", "MassAtt", "PWFS")
+
+
+@register_block("same")
+class MassAtt(nn.Module):
+    """Mass attention Y = X * A_c * A_s (LANMSFF eq. 3-4): a dense channel gate times an encoder-decoder spatial map.
+
+    Channel path: GAP -> Linear(C, C/4) + ReLU -> Linear(C/4, C) + sigmoid. Spatial path: the channel mean goes through
+    two 3x3 stride-2 convs (1 -> 2 -> 4 channels, ReLU) and two 3x3 stride-2 transposed convs (4 -> 4 -> 1, ReLU then
+    sigmoid). Each transposed conv is given the size of the map it mirrors, so odd sizes (7x7, 13x13) come back to
+    exactly H x W with no crop or interpolation.
+    """
+
+    def __init__(self, c1: int, c2: int | None = None, r: int = 4):
+        super().__init__()
+        if c2 is not None and c2 != c1:
+            raise ValueError(f"MassAtt keeps its width: c1={c1} and c2={c2} must match")
+        hidden = max(c1 // r, 1)
+        self.channel = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c1, hidden), nn.ReLU(), nn.Linear(hidden, c1), nn.Sigmoid()
+        )
+        self.down1 = nn.Conv2d(1, 2, 3, 2, 1)
+        self.down2 = nn.Conv2d(2, 4, 3, 2, 1)
+        self.up1 = nn.ConvTranspose2d(4, 4, 3, 2, 1)
+        self.up2 = nn.ConvTranspose2d(4, 1, 3, 2, 1)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a_c = self.channel(x)[..., None, None]
+        s0 = x.mean(1, keepdim=True)
+        s1 = self.act(self.down1(s0))
+        s2 = self.act(self.down2(s1))
+        up = self.act(self.up1(s2, output_size=s1.shape[-2:]))
+        a_s = self.up2(up, output_size=s0.shape[-2:]).sigmoid()
+        return x * a_c * a_s
+
+
+def _pwfs_width(c1: int) -> int:
+    return -(-c1 // 3)
+
+
+@register_block(_pwfs_width)
+class PWFS(nn.Module):
+    """Point-wise feature selection (LANMSFF eq. 2): three channel groups reduced to (max + min) / 2 per position.
+
+    Output channel j takes x[j], x[j + g], x[j + 2g] with g = ceil(C / 3), so C -> ceil(C / 3) and there are no
+    parameters. When C is not divisible by 3 the last group is short; its missing members repeat the middle group's
+    value at the same position, so max and min run over the members that exist. C < 3 is rejected.
+    """
+
+    def __init__(self, c1: int, c2: int | None = None):
+        super().__init__()
+        if c1 < 3:
+            raise ValueError(f"PWFS needs at least 3 channels to form three groups, got {c1}")
+        if c2 is not None and c2 != _pwfs_width(c1):
+            raise ValueError(f"PWFS maps {c1} channels to {_pwfs_width(c1)}, not {c2}")
+        self.g = _pwfs_width(c1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.g
+        first, middle, last = x[:, :g], x[:, g : 2 * g], x[:, 2 * g :]
+        last = torch.cat((last, middle[:, last.shape[1] :]), 1)
+        groups = torch.stack((first, middle, last))
+        return (groups.amax(0) + groups.amin(0)) / 2
+
+
+@register_block("out")
+class LANMSFFBlock(nn.Module):
+    """Shuffle-split dual-path block of LANMSFF (Fig. 2): plain and dilated 3x3 chains, MassAtt (eq. 3-4), then 1x1.
+
+    Three steps, each: channel shuffle (2 groups), split in halves, one 3x3 conv on the first half and one dilation-2
+    3x3 conv on the second, concatenate. Concatenating and re-shuffling after every conv is how the paths exchange
+    features, so each path mixes receptive fields 3/5/7 and 5/9/13 across the steps. MassAtt weights the c1-channel
+    result and a 1x1 conv maps c1 -> c2. Convs are Ultralytics ``Conv`` (BN + SiLU); stride is 1 (downsample outside).
+    ``massatt=False`` is the paper's ablation without MassAtt (Table XII).
+    """
+
+    def __init__(self, c1: int, c2: int, massatt: bool = True):
+        super().__init__()
+        if c1 % 2:
+            raise ValueError(f"LANMSFFBlock splits its input in two halves: c1={c1} must be even")
+        h = c1 // 2
+        self.plain = nn.ModuleList(Conv(h, h, 3) for _ in range(3))
+        self.dilated = nn.ModuleList(Conv(h, h, 3, d=2) for _ in range(3))
+        self.attention = MassAtt(c1) if massatt else nn.Identity()
+        self.project = Conv(c1, c2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for plain, dilated in zip(self.plain, self.dilated):
+            a, b = channel_shuffle(x, 2).chunk(2, 1)
+            x = torch.cat((plain(a), dilated(b)), 1)
+        return self.project(self.attention(x))
+
+
+@register_block("classes")
+class LANMSFFHead(nn.Module):
+    """Multi-level head of LANMSFF (Fig. 1, eq. 2): PWFS-reduced GAP of earlier stages + GAP of the last, then Linear.
+
+    ``c1`` lists the input widths, the last being the final stage. Each earlier stage is reduced by PWFS before global
+    average pooling (C -> ceil(C/3)); ``pwfs=False`` pools the full maps instead (the ablation of Table XII). Behaves
+    like Ultralytics' ``Classify``: logits in training, (probs, logits) in eval, probs when ``export``.
+    """
+
+    export = False
+
+    def __init__(self, c1: list[int], c2: int, pwfs: bool = True, dropout: float = 0.0):
+        super().__init__()
+        c1 = [c1] if isinstance(c1, int) else list(c1)
+        self.select = nn.ModuleList(PWFS(c) if pwfs else nn.Identity() for c in c1[:-1])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
+        width = sum(_pwfs_width(c) if pwfs else c for c in c1[:-1]) + c1[-1]
+        self.linear = nn.Linear(width, c2)
+
+    def forward(self, x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | tuple:
+        x = [x] if isinstance(x, torch.Tensor) else x
+        pooled = [self.pool(select(f)).flatten(1) for select, f in zip(self.select, x[:-1])]
+        x = self.linear(self.drop(torch.cat((*pooled, self.pool(x[-1]).flatten(1)), 1)))
+        if self.training:
+            return x
+        y = x.softmax(1)
+        return y if self.export else (y, x)

@@ -1,0 +1,301 @@
+"""End-to-end facial expression recognition: face detection, eye-aligned crops, batched classification, tracking.
+
+    from spayolo.pipeline import FERPipeline
+    fer = FERPipeline("weights/spayolo-n-fer2013.pt")
+    faces = fer("photo.jpg")                      # one frame -> list[Face]
+    for i, frame, faces in fer.stream("clip.mp4"):  # video -> tracked, EMA-smoothed faces per frame
+        ...
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spayolo.face.detectors import Detections, FaceDetector, build_detector
+
+__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker")
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "spayolo-n-fer2013.pt"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Face:
+    """One recognised face: box (4,) xyxy, score (detector), landmarks (5,2) or None, label, probs (nc,)."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray | None
+    label: str
+    probs: np.ndarray
+    names: list[str]
+    track_id: int | None = None
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probs.max())
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": None if self.landmarks is None else [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "track_id": self.track_id,
+            "label": self.label,
+            "probs": {n: round(float(p), 4) for n, p in zip(self.names, self.probs)},
+        }
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes a (N,4) and b (M,4)."""
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+@dataclass
+class _Track:
+    box: np.ndarray
+    probs: np.ndarray
+    missed: int = 0
+
+
+@dataclass
+class IoUTracker:
+    """Greedy IoU matching of faces across frames; each track keeps an exponential moving average of its probs.
+
+    A track survives `max_missed` frames without a match. `alpha` is the weight of the new frame in the EMA.
+    """
+
+    iou: float = 0.3
+    alpha: float = 0.4
+    max_missed: int = 15
+    tracks: dict[int, _Track] = field(default_factory=dict)
+    next_id: int = 1
+
+    def update(self, boxes: np.ndarray, probs: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """Assign a track id to each box; return ids and smoothed probs."""
+        ids = list(self.tracks)
+        ious = box_iou(boxes, np.stack([self.tracks[i].box for i in ids])) if ids and len(boxes) else np.zeros((len(boxes), 0))
+        assigned: list[int | None] = [None] * len(boxes)
+        for flat in np.argsort(-ious, axis=None):  # greedy: best overlaps first
+            d, t = np.unravel_index(flat, ious.shape)
+            if ious[d, t] < self.iou:
+                break
+            if assigned[d] is None and ids[t] not in assigned:
+                assigned[d] = ids[t]
+        smoothed = probs.copy()
+        for d, tid in enumerate(assigned):
+            if tid is None:
+                tid = assigned[d] = self.next_id
+                self.next_id += 1
+                self.tracks[tid] = _Track(boxes[d], probs[d])
+            else:
+                tr = self.tracks[tid]
+                tr.box, tr.missed = boxes[d], 0
+                tr.probs = (1 - self.alpha) * tr.probs + self.alpha * probs[d]
+            smoothed[d] = self.tracks[tid].probs
+        for tid in set(self.tracks) - set(assigned):
+            self.tracks[tid].missed += 1
+            if self.tracks[tid].missed > self.max_missed:
+                del self.tracks[tid]
+        return assigned, smoothed
+
+
+def _names_list(names) -> list[str]:
+    if isinstance(names, str):
+        names = ast.literal_eval(names)  # ONNX metadata stores a dict literal
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    return [str(n) for n in names]
+
+
+class _Classifier:
+    """Wraps an Ultralytics/spayolo classification model (.pt, YOLO object, nn.Module) or an .onnx session."""
+
+    def __init__(self, model, device: torch.device, half: bool):
+        self.device, self.half, self.session, imgsz, names = device, half and device.type == "cuda", None, None, None
+        if model is None:
+            model = DEFAULT_MODEL
+            if not model.is_file():
+                raise FileNotFoundError(f"default classifier weights not found: {model} (pass model= / --model)")
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"classifier weights not found: {path}")
+            if path.suffix.lower() == ".onnx":
+                import onnxruntime as ort
+
+                providers = ["CUDAExecutionProvider"] if device.type == "cuda" else []
+                self.session = ort.InferenceSession(str(path), providers=providers + ["CPUExecutionProvider"])
+                meta = self.session.get_modelmeta().custom_metadata_map
+                names, imgsz = meta.get("names"), meta.get("imgsz")
+                imgsz = ast.literal_eval(imgsz) if imgsz else self.session.get_inputs()[0].shape[2:]
+            else:
+                from ultralytics.nn.tasks import load_checkpoint
+
+                model, ckpt = load_checkpoint(path)
+                imgsz = (ckpt.get("train_args") or {}).get("imgsz")
+        elif hasattr(model, "model") and isinstance(getattr(model, "model", None), nn.Module):  # ultralytics YOLO
+            imgsz = ((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz")
+            model = model.model
+        if self.session is None:
+            self.model = model.to(device).eval()
+            self.model = self.model.half() if self.half else self.model.float()
+            names = names or getattr(model, "names", None)
+        if isinstance(imgsz, (list, tuple)):
+            imgsz = imgsz[0]
+        self.imgsz = int(imgsz) if isinstance(imgsz, (int, float, str)) and str(imgsz).isdigit() else None
+        self.names = _names_list(names) if names is not None else None
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,3,S,S) float 0-1 -> (N,nc) probabilities."""
+        if self.session is not None:
+            inp = self.session.get_inputs()[0].name
+            y = torch.from_numpy(self.session.run(None, {inp: x.float().cpu().numpy()})[0])
+        else:
+            y = self.model(x.half() if self.half else x)
+            y = y[0] if isinstance(y, (tuple, list)) else y  # Classify in eval returns (probs, logits)
+        y = y.float()
+        if (y < 0).any() or not torch.allclose(y.sum(1), torch.ones(len(y), device=y.device), atol=1e-3):
+            y = y.softmax(1)  # a bare module returning logits
+        return y
+
+
+class FERPipeline:
+    """Detect faces, cut eye-aligned square crops, classify every face of every frame in one call, track over time.
+
+    Args:
+        model: classifier — path to a .pt checkpoint or .onnx, an ultralytics YOLO object or an nn.Module;
+            None loads weights/spayolo-n-fer2013.pt.
+        detector: 'mtcnn', a YOLO/YuNet face model path, or a FaceDetector instance.
+        device: 'cpu', 'cuda', 'cuda:0', ...
+        imgsz: classifier input size; default from the checkpoint's training args, else 64.
+        margin: fraction of the face box side added around it before cropping.
+        track: IoU tracking with probability smoothing; None = on for stream(), off for __call__.
+        gray: feed grayscale replicated to 3 channels (the classifier was trained on grayscale FER images).
+        half: FP16 classifier on CUDA.
+    """
+
+    def __init__(self, model=None, detector="mtcnn", device="cpu", imgsz=None, margin=0.2, track=None, gray=True,
+                 half=False):
+        self.device = torch.device(device)
+        self.detector: FaceDetector = build_detector(detector, self.device)
+        self.classifier = _Classifier(model, self.device, half)
+        self.imgsz = int(imgsz or self.classifier.imgsz or 64)
+        self.names = self.classifier.names
+        self.margin, self.track, self.gray = margin, track, gray
+        self.tracker = IoUTracker()
+        self.times = defaultdict(float)  # seconds spent per stage, for profiling
+
+    def reset(self) -> None:
+        """Forget tracks and timings (call between unrelated videos)."""
+        self.tracker = IoUTracker()
+        self.times.clear()
+
+    def __call__(self, source):
+        """Frame (BGR array) or image path -> list[Face]; a list of them -> list of list[Face]."""
+        if isinstance(source, (list, tuple)):
+            return self.process([self._read(s) for s in source], track=bool(self.track))
+        return self.process([self._read(source)], track=bool(self.track))[0]
+
+    def stream(self, source):
+        """Yield (index, frame, faces) for a video file, camera index or URL; tracking on unless track=False."""
+        cap = cv2.VideoCapture(source)
+        if not cap.isOpened():
+            raise FileNotFoundError(f"cannot open video source: {source}")
+        try:
+            i = 0
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield i, frame, self.process([frame], track=self.track is not False)[0]
+                i += 1
+        finally:
+            cap.release()
+
+    @staticmethod
+    def _read(source) -> np.ndarray:
+        if isinstance(source, np.ndarray):
+            return source
+        img = cv2.imread(str(source))
+        if img is None:
+            raise FileNotFoundError(f"cannot read image: {source}")
+        return img
+
+    def process(self, frames: list[np.ndarray], track: bool = False) -> list[list[Face]]:
+        """Run detection, cropping and classification on a batch of BGR frames (consecutive video frames if track)."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        dets = self.detector(frames)
+        sync()
+        t1 = time.perf_counter()
+        crops = [self.crop(f, d) for f, d in zip(frames, dets)]
+        crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.imgsz, self.imgsz)
+        sync()
+        t2 = time.perf_counter()
+        probs = self.classifier(crops).cpu().numpy() if len(crops) else np.zeros((0, len(self.names or [])))
+        t3 = time.perf_counter()
+        self.times["detect"] += t1 - t0
+        self.times["crop"] += t2 - t1
+        self.times["classify"] += t3 - t2
+        self.times["frames"] += len(frames)
+        names = self.names or [str(i) for i in range(probs.shape[1])]
+        out, k = [], 0
+        for d in dets:
+            p = probs[k : k + len(d)]
+            k += len(d)
+            ids = [None] * len(d)
+            if track:
+                ids, p = self.tracker.update(d.boxes, p)
+            lmk = d.landmarks if d.landmarks is not None else [None] * len(d)
+            out.append([Face(b, float(s), l, names[int(q.argmax())], q, names, t)
+                        for b, s, l, q, t in zip(d.boxes, d.scores, lmk, p, ids)])
+        return out
+
+    def crop(self, frame: np.ndarray, det: Detections) -> torch.Tensor:
+        """Square crops (N,3,imgsz,imgsz) in 0-1, box side grown by margin, rotated so the eyes are level.
+
+        One affine_grid + grid_sample per frame does rotation, scaling and cropping on the pipeline's device; it
+        samples at up to 4x the output size and average-pools down so large faces are not aliased.
+        """
+        n, s = len(det), self.imgsz
+        if not n:
+            return torch.zeros(0, 3, s, s, device=self.device)
+        h, w = frame.shape[:2]
+        boxes = torch.as_tensor(det.boxes, dtype=torch.float32, device=self.device)
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        side = (boxes[:, 2:] - boxes[:, :2]).amax(1) * (1 + self.margin)
+        angle = torch.zeros(n, device=self.device)
+        if det.landmarks is not None:
+            eyes = torch.as_tensor(det.landmarks[:, :2], dtype=torch.float32, device=self.device)
+            d = eyes[:, 1] - eyes[:, 0]
+            angle = torch.atan2(d[:, 1], d[:, 0])
+        cos, sin = angle.cos() * side / 2, angle.sin() * side / 2
+        # output (u, v) in [-1, 1] -> image point centre + R(angle) (side/2) (u, v) -> grid coords 2 p / size - 1
+        theta = torch.stack([torch.stack([cos * 2 / w, -sin * 2 / w, centre[:, 0] * 2 / w - 1], 1),
+                             torch.stack([sin * 2 / h, cos * 2 / h, centre[:, 1] * 2 / h - 1], 1)], 1)
+        k = int(min(4, max(1, math.ceil(float(side.max()) / s))))
+        grid = F.affine_grid(theta, [n, 3, s * k, s * k], align_corners=False)
+        img = torch.from_numpy(frame).to(self.device).flip(-1).permute(2, 0, 1)[None].float() / 255  # RGB 0-1
+        grid = grid.reshape(1, n * s * k, s * k, 2)  # all faces of the frame in one sampling call
+        out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = out.reshape(3, n, s * k, s * k).transpose(0, 1)
+        out = F.avg_pool2d(out, k) if k > 1 else out
+        if self.gray:
+            out = (out * out.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+        return out.contiguous()

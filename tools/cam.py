@@ -1,0 +1,146 @@
+"""Grad-CAM heatmaps (Selvaraju et al., ICCV 2017, eq. 1-2) over faces for any spayolo/Ultralytics classifier.
+
+    python tools/cam.py --model runs/classify/train/weights/best.pt --source faces/ --out cam/
+
+writes cam/cam_<class>.png per class: one tile per image, the face overlaid with the map of that class's logit
+and the class probability. The hooked layer is the backbone's last layer before the head (``--layer -2`` of the
+Ultralytics layer list); any index of that list works. Runs on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
+
+
+def target_layer(model: nn.Module, layer: int = -2) -> nn.Module:
+    """Layer ``layer`` of an Ultralytics model's layer list; -2 is the last one before the head."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential):
+        raise TypeError(f"{type(model).__name__} has no Ultralytics layer list (.model); pass the layer module")
+    return layers[layer]
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, cls: int | torch.Tensor) -> tuple:
+    """Grad-CAM maps (B, H, W) in [0, 1] at the input's size for class ``cls`` (int or (B,) tensor), and the probs.
+
+    The class score is the logit, not the softmax output (the paper's y^c before softmax), so the map does not fade
+    as the prediction saturates. Each map is scaled by its own maximum; an all-negative map stays 0.
+    """
+    saved = {}
+
+    def keep(module, inputs, output):
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        output.register_hook(lambda grad: saved.__setitem__("grad", grad))
+        saved["act"] = output
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            out = model(x.requires_grad_(True))  # input grad keeps the graph even for frozen checkpoint weights
+            logits = out[1] if isinstance(out, (list, tuple)) else out  # Classify in eval: (probs, logits)
+            cls = torch.as_tensor(cls, device=logits.device).expand(len(logits))
+            logits.gather(1, cls[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    weights = saved["grad"].mean((2, 3), keepdim=True)  # eq. 1: alpha_k^c = GAP of d y^c / d A^k
+    cam = F.relu((weights * saved["act"]).sum(1, keepdim=True))  # eq. 2
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = cam / cam.amax((1, 2), keepdim=True).clamp_min(1e-12)
+    return cam.detach(), logits.detach().softmax(1)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, size: int = 128, alpha: float = 0.5) -> np.ndarray:
+    """BGR tile: the RGB ``image`` (H, W, 3) blended with a JET-coloured ``cam`` (H, W), resized to ``size``."""
+    heat = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)
+    tile = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 1 - alpha, heat, alpha, 0)
+    return cv2.resize(tile, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def grid(tiles: list[np.ndarray], captions: list[str], cols: int = 8) -> np.ndarray:
+    """Tiles in rows of ``cols``, each with its caption drawn by OpenCV (no font files needed)."""
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    canvas = np.zeros((rows * h, min(cols, len(tiles)) * w, 3), np.uint8)
+    for i, (tile, caption) in enumerate(zip(tiles, captions)):
+        tile = tile.copy()
+        cv2.putText(tile, caption, (3, h - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        r, c = divmod(i, cols)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+    return canvas
+
+
+def load_images(source: list[str | Path], imgsz: int) -> tuple[list[str], torch.Tensor, list[np.ndarray]]:
+    """Files (or folders of them) -> names, the model input as in Ultralytics' classify val/predict, RGB previews."""
+    from PIL import Image
+    from ultralytics.data.augment import classify_transforms
+
+    files = []
+    for s in map(Path, source):
+        files += sorted(p for p in s.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if s.is_dir() else [s]
+    transform = classify_transforms(imgsz)
+    names, tensors, previews = [], [], []
+    for file in files:
+        try:
+            image = Image.open(file).convert("RGB")
+        except OSError as error:
+            print(f"cam: skipping unreadable {file}: {error}", file=sys.stderr)
+            continue
+        tensor = transform(image)
+        names.append(file.name)
+        tensors.append(tensor)
+        previews.append(np.uint8(tensor.permute(1, 2, 0).clamp(0, 1).numpy() * 255))  # mean 0, std 1 in Ultralytics
+    if not tensors:
+        raise FileNotFoundError(f"no images found in {source}")
+    return names, torch.stack(tensors), previews
+
+
+def class_grids(model: nn.Module, names: dict, x: torch.Tensor, previews: list[np.ndarray], out: Path,
+                layer: int = -2, files: list[str] | None = None) -> list[Path]:
+    """Write out/cam_<class>.png for every class of ``model`` and return their paths."""
+    model = model.float().eval()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cls, name in names.items():
+        cam, probs = grad_cam(model, x.clone(), target_layer(model, layer), cls)
+        tiles = [overlay(p, c) for p, c in zip(previews, cam.numpy())]
+        captions = [f"{name} {probs[i, cls]:.2f}" + (f" {files[i][:10]}" if files else "") for i in range(len(x))]
+        path = out / f"cam_{name}.png"
+        cv2.imwrite(str(path), grid(tiles, captions))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="classifier checkpoint (.pt) or model YAML")
+    parser.add_argument("--source", required=True, nargs="+", help="face images or folders of them")
+    parser.add_argument("--out", default="cam", help="output folder")
+    parser.add_argument("--layer", type=int, default=-2, help="index of the hooked layer (default: last before head)")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's training imgsz)")
+    parser.add_argument("--max-images", type=int, default=32, help="images per grid")
+    args = parser.parse_args(argv)
+
+    from ultralytics import YOLO
+
+    model = YOLO(args.model).model
+    train_args = getattr(model, "args", {})
+    imgsz = args.imgsz or int((train_args if isinstance(train_args, dict) else vars(train_args)).get("imgsz", 64))
+    files, x, previews = load_images(args.source, imgsz)
+    files, x, previews = files[:args.max_images], x[:args.max_images], previews[:args.max_images]
+    for path in class_grids(model, model.names, x, previews, Path(args.out), args.layer, files):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
