@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import _autoload  # registers with Ultralytics now or as soon as its parser is imported
 
 __version__ = "0.1.0"
-__all__ = ("__version__", "register")
+__all__ = ("FERPipeline", "__version__", "register")
 
 
 def register() -> None:
@@ -13,3 +13,12 @@ def register() -> None:
     from .registry import install
 
     install()
+
+
+def __getattr__(name: str):
+    # The pipeline pulls in OpenCV and the face detector; load it only when asked for.
+    if name == "FERPipeline":
+        from .pipeline import FERPipeline
+
+        return FERPipeline
+    raise AttributeError(f"module 'spayolo' has no attribute {name!r}")

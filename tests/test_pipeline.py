@@ -14,8 +14,8 @@ import torch
 
 from spayolo.face.detectors import MTCNNDetector
 from spayolo.pipeline import FERPipeline, IoUTracker, box_iou
-from tests.conftest import REPO, run_cli
-from tests.test_face import PHOTOS, package_file
+from conftest import REPO, run_cli
+from test_face import PHOTOS, package_file
 
 IMGSZ = 32
 

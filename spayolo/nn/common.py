@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ("SEGate", "channel_shuffle")
+__all__ = ("SEGate", "channel_shuffle", "classify_output")
 
 
 class SEGate(nn.Module):
@@ -27,3 +27,16 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave channels across ``groups`` (ShuffleNet, Zhang et al., CVPR 2018, Sec. 3.1)."""
     b, c, h, w = x.shape
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def classify_output(head: nn.Module, logits: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Ultralytics' ``Classify`` contract for spayolo heads: logits in training, (probs, logits) in eval, probs exported.
+
+    Ultralytics' exporter flags only its own ``Classify`` (``export = True``), so a trace or ONNX export also counts as
+    exporting here: exported spayolo heads then give the single probability output Ultralytics' runtimes expect.
+    """
+    if head.training:
+        return logits
+    probs = logits.softmax(1)
+    exporting = head.export or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    return probs if exporting else (probs, logits)

@@ -12,7 +12,7 @@ from ultralytics.nn.modules import Conv
 
 from spayolo.registry import register_block
 
-from .common import channel_shuffle
+from .common import classify_output, channel_shuffle
 
 __all__ = ("LANMSFFBlock", "LANMSFFHead", "MassAtt", "PWFS")
 
@@ -131,8 +131,4 @@ class LANMSFFHead(nn.Module):
     def forward(self, x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | tuple:
         x = [x] if isinstance(x, torch.Tensor) else x
         pooled = [self.pool(select(f)).flatten(1) for select, f in zip(self.select, x[:-1])]
-        x = self.linear(self.drop(torch.cat((*pooled, self.pool(x[-1]).flatten(1)), 1)))
-        if self.training:
-            return x
-        y = x.softmax(1)
-        return y if self.export else (y, x)
+        return classify_output(self, self.linear(self.drop(torch.cat((*pooled, self.pool(x[-1]).flatten(1)), 1))))

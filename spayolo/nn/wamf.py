@@ -13,6 +13,8 @@ from ultralytics.nn.modules import Conv
 
 from spayolo.registry import register_block
 
+from .common import classify_output
+
 __all__ = ("MF", "WA", "CapsuleHead", "squash")
 
 
@@ -106,8 +108,4 @@ class CapsuleHead(nn.Module):
             v = squash((coupling.unsqueeze(-1) * u_hat).sum(1))  # (B, nc, D_out)
             if i < self.iters - 1:
                 logits_b = logits_b + (u_hat * v.unsqueeze(1)).sum(-1)
-        x = self.scale * torch.sqrt((v * v).sum(-1) + 1e-8)
-        if self.training:
-            return x
-        y = x.softmax(1)
-        return y if self.export else (y, x)
+        return classify_output(self, self.scale * torch.sqrt((v * v).sum(-1) + 1e-8))
