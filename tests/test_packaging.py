@@ -1,0 +1,21 @@
+"""A plain (non-editable) wheel carries the autoload .pth at its root and every model and dataset YAML."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO
+
+
+def test_wheel_ships_autoload_and_yamls(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("spayolo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "spayolo-autoload.pth" in names
+    for kind in ("models", "datasets"):
+        for path in (REPO / "cfg" / kind).glob("*.yaml"):
+            assert f"spayolo/cfg/{kind}/{path.name}" in names
+    assert "spayolo/face/mtcnn.py" in names and "spayolo/registry.py" in names
