@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from unittest import mock
 
 import pytest
 import torch
@@ -35,7 +36,8 @@ def reference_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
 def build(name: str):
     from ultralytics.nn.tasks import ClassificationModel
 
-    return ClassificationModel(f"{name}.yaml", verbose=False)
+    with mock.patch.object(ClassificationModel, "info"):  # info() profiles GFLOPs at 640 px: too slow for a test
+        return ClassificationModel(f"{name}.yaml", verbose=False)
 
 
 def onnx_run(model: torch.nn.Module, x: torch.Tensor):
@@ -179,7 +181,7 @@ def test_deterministic_given_seed():
 def test_convssm_onnx_matches_torch():
     torch.manual_seed(0)
     m = ConvSSM(16, 16).eval()
-    x = torch.randn(1, 16, 10, 10)  # 100 tokens: three full chunks of 32 and a partial one
+    x = torch.randn(1, 16, 10, 10)  # 100 tokens: six full chunks of 16 and a partial one
     with torch.no_grad():
         expected = m(x)
     torch.testing.assert_close(onnx_run(m, x), expected, rtol=1e-4, atol=1e-4)
@@ -190,8 +192,13 @@ def test_convssm_onnx_matches_torch():
 
 @pytest.mark.parametrize("name", YAMLS)
 def test_yaml_builds_at_every_scale(name):
-    sizes = [count(build(f"{name}-{s}")) for s in "nslmx"]
+    models = [build(f"{name}-{s}") for s in "nsmlx"]
+    sizes = [count(m) for m in models]
     assert sizes == sorted(sizes) and len(set(sizes)) == 5
+    for model, p5 in zip(models, (256, 512, 768, 1024, 1280)):  # min(1024, max_channels) * width
+        blocks = [m for m in model.model if isinstance(m, (ConvSSM, ASFR))]
+        assert [m.conv[1].conv.out_channels * 2 if isinstance(m, ConvSSM) else m.fuse.conv.out_channels
+                for m in blocks] == [p5 // 2, p5] + ([] if name.endswith("noasfr") else [p5])
 
 
 @pytest.mark.parametrize("name", YAMLS)

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 from .common import SEGate, channel_shuffle, classify_output
+from .fermam import ASFR, ASR, SS2D, ConvSSM, cross_merge, cross_scan
 from .lanmsff import PWFS, LANMSFFBlock, LANMSFFHead, MassAtt
 from .msff import BFEU, FFM, MSFFModule
+from .scan import selective_scan, selective_scan_chunked
 from .spam import FEP, GAM, HRM, SPAM, real_dft2
 from .wamf import MF, WA, CapsuleHead, squash
 
 __all__ = (
+    "ASFR",
+    "ASR",
     "BFEU",
+    "CapsuleHead",
+    "ConvSSM",
     "FEP",
     "FFM",
     "GAM",
     "HRM",
-    "MF",
-    "PWFS",
-    "SPAM",
-    "WA",
-    "CapsuleHead",
     "LANMSFFBlock",
     "LANMSFFHead",
+    "MF",
     "MSFFModule",
     "MassAtt",
+    "PWFS",
     "SEGate",
+    "SPAM",
+    "SS2D",
+    "WA",
     "channel_shuffle",
     "classify_output",
+    "cross_merge",
+    "cross_scan",
     "real_dft2",
+    "selective_scan",
+    "selective_scan_chunked",
     "squash",
 )

@@ -53,7 +53,7 @@ class SS2D(nn.Module):
     """
 
     def __init__(self, c: int, d_state: int = 16, expand: float = 1, directions: int = 4, gate: nn.Module | None = None,
-                 chunk_size: int = 32):
+                 chunk_size: int = 16):
         super().__init__()
         if directions not in (2, 4):
             raise ValueError(f"SS2D scans 2 or 4 directions, got {directions}")
@@ -166,7 +166,7 @@ class ASFR(nn.Module):
         self.fuse = Conv(c_ * len(self.scales), c2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # the window is an attribute in ONNX, so it is fixed at export
         outs = []
         for s, level in zip(self.scales, self.levels):
             y = level(F.avg_pool2d(x, (min(s, h), min(s, w))) if s > 1 else x)
