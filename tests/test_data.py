@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def test_dataset_yamls_consistent():
         assert "prepare" in cfg and ("folds" in cfg) == ("pattern" in cfg), name
     assert len(files["affectnet7"]["names"]) == 7 and len(files["affectnet8"]["names"]) == 8
     assert set(files["ferplus"]["names"].values()) == set(files["ferplus"]["votes"][:8])
+    for name, file_name, subject, label in (("ckplus", "S005_001_00000011.png", "S005", None),
+                                            ("jaffe", "KA.AN1.39.tiff", "KA", "AN"),
+                                            ("kdef", "AF01ANS.JPG", "F01", "AN"), ("kdef", "BM35SUS.JPG", "M35", "SU")):
+        match = re.match(files[name]["pattern"], file_name, re.IGNORECASE)
+        assert match["subject"] == subject and match.groupdict().get("label") == label, file_name
+    assert re.match(files["kdef"]["pattern"], "AF01ANHL.JPG") is None  # KDEF: frontal (S) images only
     assert files["fer2013"]["labels"] == {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise",
                                           6: "neutral"}
 
@@ -232,13 +239,13 @@ class TinyCAMNet(torch.nn.Module):
 def test_grad_cam_equals_cam_for_gap_linear_head():
     torch.manual_seed(0)
     net, x = TinyCAMNet().eval(), torch.rand(2, 3, 6, 6)
-    maps, probs = cam.grad_cam(net, x.clone(), cam.target_layer(net), 1)
+    maps, probs = cam.grad_cam(net, x.clone(), cam.target_layer(net), [1, 2])
     with torch.no_grad():
-        acts, w = net.model[0](x), net.model[1][2].weight[1]
-        expected = torch.relu((w[None, :, None, None] * acts).sum(1))
-        expected = expected / expected.amax((1, 2), keepdim=True)
+        acts, w = net.model[0](x), net.model[1][2].weight[1:]
+        expected = torch.relu(torch.einsum("ck,bkhw->cbhw", w, acts))
+        expected = expected / expected.amax((2, 3), keepdim=True)
         assert torch.allclose(probs, net(x).softmax(1))
-    assert maps.shape == (2, 6, 6) and torch.allclose(maps, expected, atol=1e-6)
+    assert maps.shape == (2, 2, 6, 6) and torch.allclose(maps, expected, atol=1e-6)
 
 
 def test_cam_cli_on_spayolo_checkpoint(tmp_path):
@@ -247,7 +254,8 @@ def test_cam_cli_on_spayolo_checkpoint(tmp_path):
     ckpt = tmp_path / "spayolo-n.pt"
     YOLO("spayolo-n.yaml").save(ckpt)  # untrained weights suffice to exercise hooks, head output and drawing
     faces = write_image_folder(tmp_path / "faces", per_class=1, size=40) / "val"
-    assert cam.main(["--model", str(ckpt), "--source", str(faces), "--out", str(tmp_path / "cam"), "--imgsz", "32"]) == 0
+    out = tmp_path / "cam"
+    assert cam.main(["--model", str(ckpt), "--source", str(faces), "--out", str(out), "--imgsz", "32"]) == 0
     pngs = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
     assert pngs == [f"cam_{i}.png" for i in range(7)]  # one grid per class; the YAML model's names are 0..6
     grid = cv2.imread(str(tmp_path / "cam" / pngs[0]))

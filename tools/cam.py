@@ -30,33 +30,33 @@ def target_layer(model: nn.Module, layer: int = -2) -> nn.Module:
     return layers[layer]
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, cls: int | torch.Tensor) -> tuple:
-    """Grad-CAM maps (B, H, W) in [0, 1] at the input's size for class ``cls`` (int or (B,) tensor), and the probs.
+def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, classes: list[int]) -> tuple:
+    """Grad-CAM maps (len(classes), B, H, W) in [0, 1] at the input's size, and the class probabilities (B, nc).
 
-    The class score is the logit, not the softmax output (the paper's y^c before softmax), so the map does not fade
-    as the prediction saturates. Each map is scaled by its own maximum; an all-negative map stays 0.
+    One forward pass serves all classes. The class score is the logit, not the softmax output (the paper's y^c
+    before softmax), so a map does not fade as the prediction saturates. Each map is scaled by its own maximum; an
+    all-negative map stays 0.
     """
     saved = {}
 
     def keep(module, inputs, output):
-        output = output[0] if isinstance(output, (list, tuple)) else output
-        output.register_hook(lambda grad: saved.__setitem__("grad", grad))
-        saved["act"] = output
+        saved["act"] = output[0] if isinstance(output, (list, tuple)) else output
 
     handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
             out = model(x.requires_grad_(True))  # input grad keeps the graph even for frozen checkpoint weights
-            logits = out[1] if isinstance(out, (list, tuple)) else out  # Classify in eval: (probs, logits)
-            cls = torch.as_tensor(cls, device=logits.device).expand(len(logits))
-            logits.gather(1, cls[:, None]).sum().backward()
     finally:
         handle.remove()
-    weights = saved["grad"].mean((2, 3), keepdim=True)  # eq. 1: alpha_k^c = GAP of d y^c / d A^k
-    cam = F.relu((weights * saved["act"]).sum(1, keepdim=True))  # eq. 2
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    cam = cam / cam.amax((1, 2), keepdim=True).clamp_min(1e-12)
-    return cam.detach(), logits.detach().softmax(1)
+    logits = out[1] if isinstance(out, (list, tuple)) else out  # Classify in eval: (probs, logits)
+    act, maps = saved["act"], []
+    for i, cls in enumerate(classes):
+        (grad,) = torch.autograd.grad(logits[:, cls].sum(), act, retain_graph=i < len(classes) - 1)
+        weights = grad.mean((2, 3), keepdim=True)  # eq. 1: alpha_k^c = GAP of d y^c / d A^k
+        maps.append(F.relu((weights * act).sum(1)).detach())  # eq. 2
+    cam = F.interpolate(torch.stack(maps, 1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    cam = cam / cam.amax((2, 3), keepdim=True).clamp_min(1e-12)
+    return cam.transpose(0, 1), logits.detach().softmax(1)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, size: int = 128, alpha: float = 0.5) -> np.ndarray:
@@ -110,9 +110,9 @@ def class_grids(model: nn.Module, names: dict, x: torch.Tensor, previews: list[n
     model = model.float().eval()
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    cams, probs = grad_cam(model, x.clone(), target_layer(model, layer), list(names))
     for cls, name in names.items():
-        cam, probs = grad_cam(model, x.clone(), target_layer(model, layer), cls)
-        tiles = [overlay(p, c) for p, c in zip(previews, cam.numpy())]
+        tiles = [overlay(p, c) for p, c in zip(previews, cams[cls].numpy())]
         captions = [f"{name} {probs[i, cls]:.2f}" + (f" {files[i][:10]}" if files else "") for i in range(len(x))]
         path = out / f"cam_{name}.png"
         cv2.imwrite(str(path), grid(tiles, captions))

@@ -175,11 +175,10 @@ def unpack(source: Path, scratch: Path) -> Path:
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is neither a folder nor an archive")
     while True:
-        subdirs = [p for p in source.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
-        if len(subdirs) != 1 or SPLIT_ALIASES.get(subdirs[0].name.lower()) or any(p.is_file() for p in
-                                                                                   source.iterdir()):
+        entries = [p for p in source.iterdir() if not p.name.startswith((".", "__"))]  # skip __MACOSX, .DS_Store
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name.lower() in SPLIT_ALIASES:
             return source
-        source = subdirs[0]
+        source = entries[0]
 
 
 def class_of(folder: str, cfg: dict) -> str | None:
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = prepare(args.dataset, args.out, args.csv, args.labels, args.images, args.force)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, ValueError, tarfile.TarError, zipfile.BadZipFile) as error:
         print(f"prepare_data: {error}", file=sys.stderr)
         return 2
     print(report.summary())
