@@ -78,6 +78,20 @@ def test_batch_matches_single_and_mixed_sizes(detector):
     assert box_iou(out[0].boxes, flipped[None])[0, 0] > 0.8  # mirror image gives the mirrored box
 
 
+def test_refine_relocates_moved_faces(detector):
+    import cv2
+
+    zidane = cv2.imread(str(package_file("ultralytics", "assets", "zidane.jpg")))
+    previous = detector([zidane])[0]
+    moved = np.roll(zidane, (9, -12), axis=(0, 1))  # both faces shift by a fraction of their size
+    found = detector.refine([moved, np.zeros_like(zidane)], [previous, previous])
+    assert len(found[1]) == 0  # a face that left the frame is dropped, not carried over
+    truth = np.array(PHOTOS["ultralytics", "assets", "zidane.jpg"], np.float32) + [-12, 9, -12, 9]
+    assert len(found[0]) == 2 and (box_iou(truth, found[0].boxes).max(1) >= 0.5).all()
+    assert box_iou(found[0].boxes, detector([moved])[0].boxes).max(1).min() > 0.7  # where full detection puts them
+    assert found[0].landmarks.shape == (2, 5, 2)
+
+
 def test_build_detector_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         build_detector(tmp_path / "missing.pt")

@@ -91,6 +91,39 @@ def test_tracking_ids_stable(fer):
     assert [f.track_id for f in ids2] == [2]
 
 
+class CountingMTCNN(MTCNNDetector):
+    """MTCNN that counts its full detections and its re-locations."""
+
+    def __init__(self):
+        super().__init__("cpu")
+        self.calls = {"full": 0, "refine": 0}
+
+    def __call__(self, images):
+        self.calls["full"] += 1
+        return super().__call__(images)
+
+    def refine(self, images, previous):
+        self.calls["refine"] += 1
+        return super().refine(images, previous)
+
+
+def test_detect_every_nth_frame_and_relocate_between(tiny_ckpt):
+    img = small_hopper(128, 150)
+    frames = [np.pad(img, ((0, 0), (4 * k, 60 - 4 * k), (0, 0)), constant_values=90) for k in range(7)]
+    every_frame = FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), detect_every=1)
+    reference = [every_frame.process([f], track=True)[0] for f in frames]
+    fer = FERPipeline(tiny_ckpt, detector=CountingMTCNN(), detect_every=3)
+    faces = [fer.process([f], track=True)[0] for f in frames]
+    assert fer.detector.calls == {"full": 3, "refine": 4}  # frames 0, 3, 6 detected; 1, 2, 4, 5 re-located
+    assert [[f.track_id for f in x] for x in faces] == [[1]] * 7
+    for mine, theirs in zip(faces, reference):
+        assert box_iou(mine[0].box[None], theirs[0].box[None])[0, 0] > 0.8
+    fer.process(frames[:2], track=False)  # stills and batches always get full detection
+    assert fer.detector.calls == {"full": 4, "refine": 4}
+    with pytest.raises(ValueError, match="detect_every"):
+        FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), detect_every=0)
+
+
 def test_tracker_ema():
     t = IoUTracker(alpha=0.5)
     box = np.array([[0, 0, 10, 10]], np.float32)

@@ -43,6 +43,10 @@ class FaceDetector:
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         raise NotImplementedError
 
+    def refine(self, images: list[np.ndarray], previous: list[Detections]) -> list[Detections]:
+        """Re-locate the faces of `previous` (one per image) in `images`; backends without a cheaper way detect anew."""
+        return self(images)
+
 
 def _existing(path: str | Path, what: str) -> Path:
     path = Path(path)
@@ -66,11 +70,24 @@ class MTCNNDetector(FaceDetector):
         for i, im in enumerate(images):
             groups.setdefault(im.shape, []).append(i)
         for ids in groups.values():
-            batch = torch.from_numpy(np.stack([images[i] for i in ids])).to(self.device)
-            batch = batch.flip(-1).permute(0, 3, 1, 2)  # BGR HWC -> RGB CHW
-            for i, (b, s, lmk) in zip(ids, self.model(batch)):
-                out[i] = Detections(b.cpu().numpy(), s.cpu().numpy(), lmk.cpu().numpy())
+            for i, found in zip(ids, self.model(self._batch([images[i] for i in ids]))):
+                out[i] = self._numpy(found)
         return out
+
+    def refine(self, images: list[np.ndarray], previous: list[Detections]) -> list[Detections]:
+        """ONet only, on the previous boxes: frames of a video whose faces were found in the frame before."""
+        if len({im.shape for im in images}) > 1:
+            return self(images)
+        boxes = torch.from_numpy(np.concatenate([d.boxes for d in previous]).reshape(-1, 4)).to(self.device)
+        idx = torch.cat([torch.full((len(d),), i, dtype=torch.long) for i, d in enumerate(previous)]).to(self.device)
+        return [self._numpy(found) for found in self.model.refine(self._batch(images), boxes, idx)]
+
+    def _batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images)).to(self.device).flip(-1).permute(0, 3, 1, 2)  # BGR HWC -> RGB CHW
+
+    @staticmethod
+    def _numpy(found: tuple[torch.Tensor, ...]) -> Detections:
+        return Detections(*(t.cpu().numpy() for t in found))
 
 
 class YOLOFaceDetector(FaceDetector):
@@ -114,13 +131,17 @@ class YuNetDetector(FaceDetector):
         return out
 
 
-def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device: str | torch.device = "cpu") -> FaceDetector:
-    """'mtcnn', a detector instance, a *yunet*.onnx (YuNet) or any other .pt/.onnx (Ultralytics model)."""
+def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device: str | torch.device = "cpu",
+                   min_face: float = 20.0) -> FaceDetector:
+    """'mtcnn', a detector instance, a *yunet*.onnx (YuNet) or any other .pt/.onnx (Ultralytics model).
+
+    `min_face` (pixels) is the smallest face MTCNN looks for; it sets the pyramid's first scale, hence its cost.
+    """
     if isinstance(name_or_path, FaceDetector):
         return name_or_path
     name = str(name_or_path)
     if name.lower() == "mtcnn":
-        return MTCNNDetector(device)
+        return MTCNNDetector(device, min_face)
     path = Path(name)
     if path.suffix.lower() not in {".pt", ".onnx"}:
         raise ValueError(f"unknown face detector {name!r}: use 'mtcnn', a YOLO .pt/.onnx or a YuNet .onnx path")
