@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spayolo.face.detectors import Detections, FaceDetector, build_detector
+from spayolo.runtime import OnnxModule, export_onnx_bytes
 
 __all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker")
 
@@ -122,13 +123,23 @@ def _names_list(names) -> list[str]:
     return [str(n) for n in names]
 
 
+def _require_classifier(model: nn.Module, source) -> None:
+    from ultralytics.nn.tasks import BaseModel, guess_model_task
+
+    task = guess_model_task(model) if isinstance(model, BaseModel) else "classify"
+    if task != "classify":
+        raise ValueError(f"{source} is a {task} model, not a classifier: pass a classification checkpoint (.pt/.onnx) "
+                         f"as the expression model, and a face detector with detector=/--detector")
+
+
 class _Classifier:
-    """Wraps an Ultralytics/spayolo classification model (.pt, YOLO object, nn.Module) or an .onnx session."""
+    """A classification model (.pt, .onnx, ultralytics YOLO object or nn.Module) run in PyTorch or ONNX Runtime."""
 
     def __init__(self, model, device: torch.device, half: bool):
-        self.device, self.half, self.session, imgsz, names = device, half and device.type == "cuda", None, None, None
+        self.device, self.half, self.runner, self.source = device, half and device.type == "cuda", None, model
+        imgsz = names = None
         if model is None:
-            model = DEFAULT_MODEL
+            model = self.source = DEFAULT_MODEL
             if not model.is_file():
                 raise FileNotFoundError(f"default classifier weights not found: {model} (pass model= / --model)")
         if isinstance(model, (str, Path)):
@@ -136,22 +147,22 @@ class _Classifier:
             if not path.is_file():
                 raise FileNotFoundError(f"classifier weights not found: {path}")
             if path.suffix.lower() == ".onnx":
-                import onnxruntime as ort
-
-                providers = ["CUDAExecutionProvider"] if device.type == "cuda" else []
-                self.session = ort.InferenceSession(str(path), providers=providers + ["CPUExecutionProvider"])
-                meta = self.session.get_modelmeta().custom_metadata_map
+                self.runner = OnnxModule(path, device)
+                meta = self.runner.session.get_modelmeta().custom_metadata_map
                 names, imgsz = meta.get("names"), meta.get("imgsz")
-                imgsz = ast.literal_eval(imgsz) if imgsz else self.session.get_inputs()[0].shape[2:]
+                imgsz = ast.literal_eval(imgsz) if imgsz else self.runner.session.get_inputs()[0].shape[2:]
             else:
                 from ultralytics.nn.tasks import load_checkpoint
 
                 model, ckpt = load_checkpoint(path)
                 imgsz = (ckpt.get("train_args") or {}).get("imgsz")
+                _require_classifier(model, path)
         elif hasattr(model, "model") and isinstance(getattr(model, "model", None), nn.Module):  # ultralytics YOLO
             imgsz = ((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz")
             model = model.model
-        if self.session is None:
+        if self.runner is None:
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"classifier must be a .pt/.onnx path, a YOLO object or an nn.Module, got {type(model)}")
             self.model = model.to(device).eval()
             self.model = self.model.half() if self.half else self.model.float()
             names = names or getattr(model, "names", None)
@@ -160,15 +171,27 @@ class _Classifier:
         self.imgsz = int(imgsz) if isinstance(imgsz, (int, float, str)) and str(imgsz).isdigit() else None
         self.names = _names_list(names) if names is not None else None
 
+    def use_onnx(self, imgsz: int) -> None:
+        """Run the PyTorch model in ONNX Runtime from now on (exported in memory at imgsz, dynamic batch)."""
+        if self.runner is None:
+            example = torch.zeros(1, 3, imgsz, imgsz)
+            self.runner = OnnxModule(export_onnx_bytes(self.model, example, {0: "batch"}), self.device)
+            self.model.to(self.device)
+
+    def check_imgsz(self, imgsz: int) -> None:
+        """An ONNX classifier runs only at the size it was exported at (spayolo's DFT bases are constants in it)."""
+        if self.runner is not None and self.imgsz and imgsz != self.imgsz:
+            raise ValueError(f"{self.source} was exported for {self.imgsz}x{self.imgsz} inputs, not {imgsz}: pass "
+                             f"imgsz={self.imgsz}, or export again with imgsz={imgsz}")
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N,3,S,S) float 0-1 -> (N,nc) probabilities."""
-        if self.session is not None:
-            inp = self.session.get_inputs()[0].name
-            y = torch.from_numpy(self.session.run(None, {inp: x.float().cpu().numpy()})[0])
+        if self.runner is not None:
+            y = self.runner(x)
         else:
             y = self.model(x.half() if self.half else x)
-            y = y[0] if isinstance(y, (tuple, list)) else y  # Classify in eval returns (probs, logits)
+        y = y[0] if isinstance(y, (tuple, list)) else y  # Classify in eval returns (probs, logits)
         y = y.float()
         if (y < 0).any() or not torch.allclose(y.sum(1), torch.ones(len(y), device=y.device), atol=1e-3):
             y = y.softmax(1)  # a bare module returning logits
@@ -192,17 +215,24 @@ class FERPipeline:
             carries too little expression detail, while halving the size would cost about 3x the detection time.
         detect_every: with tracking, run the full detector on every n-th frame only and re-locate the tracked faces
             in the frames between (MTCNN: ONet alone); a new face then appears within n frames. 1 = every frame.
+        backend: 'torch', or 'onnx' to run MTCNN's nets and the classifier in ONNX Runtime (a .pt classifier is
+            exported in memory; CUDA provider when onnxruntime-gpu and a CUDA device are there, else CPU).
     """
 
     def __init__(self, model=None, detector="mtcnn", device="cpu", imgsz=None, margin=0.2, track=None, gray=True,
-                 half=False, min_face=40.0, detect_every=5):
+                 half=False, min_face=40.0, detect_every=5, backend="torch"):
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.device = torch.device(device)
-        self.detector: FaceDetector = build_detector(detector, self.device, min_face)
+        self.classifier = _Classifier(model, self.device, half)  # first: a wrong model path fails before MTCNN loads
+        self.detector: FaceDetector = build_detector(detector, self.device, min_face, backend)
         self.detect_every = int(detect_every)
-        self.classifier = _Classifier(model, self.device, half)
         self.imgsz = int(imgsz or self.classifier.imgsz or 64)
+        self.classifier.check_imgsz(self.imgsz)
+        if backend == "onnx":
+            self.classifier.use_onnx(self.imgsz)
         self.names = self.classifier.names
         self.margin, self.track, self.gray = margin, track, gray
         self.tracker = IoUTracker()

@@ -92,6 +92,41 @@ def test_refine_relocates_moved_faces(detector):
     assert found[0].landmarks.shape == (2, 5, 2)
 
 
+def test_onnx_backend_matches_torch(detector, tmp_path):
+    import cv2
+    import onnx
+
+    paths = detector.model.export_onnx(tmp_path)
+    assert [p.name for p in paths] == ["pnet.onnx", "rnet.onnx", "onet.onnx"]
+    for path in paths:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+        assert {op.domain for op in model.opset_import} <= {"", "ai.onnx"}  # stock operators only
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert next(detector.model.parameters()).device.type == "cpu"
+    onnx_detector = MTCNNDetector("cpu", backend="onnx", onnx_dir=tmp_path)
+    images = [cv2.imread(str(package_file(*k))) for k in PHOTOS]
+    for mine, theirs in zip(onnx_detector(images), detector(images)):
+        assert len(mine) == len(theirs)
+        np.testing.assert_allclose(mine.boxes, theirs.boxes, atol=0.05)
+        np.testing.assert_allclose(mine.landmarks, theirs.landmarks, atol=0.05)
+        np.testing.assert_allclose(mine.scores, theirs.scores, atol=1e-4)
+    (tmp_path / "rnet.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="rnet.onnx"):
+        MTCNNDetector("cpu", backend="onnx", onnx_dir=tmp_path)
+    with pytest.raises(ValueError, match="backend"):
+        MTCNNDetector("cpu", backend="tensorrt")
+
+
+def test_onnx_providers():
+    from spayolo.runtime import onnx_providers
+
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    assert onnx_providers("cpu", ["MyProvider"]) == ["MyProvider"]  # an explicit choice wins
+    cuda = onnx_providers("cuda")  # CUDA first only where onnxruntime-gpu offers it; CPU always as the fallback
+    assert cuda[-1] == "CPUExecutionProvider" and len(cuda) in (1, 2)
+
+
 def test_build_detector_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         build_detector(tmp_path / "missing.pt")

@@ -124,6 +124,35 @@ def test_detect_every_nth_frame_and_relocate_between(tiny_ckpt):
         FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), detect_every=0)
 
 
+def test_onnx_backend_matches_torch(fer, tiny_ckpt):
+    img = small_hopper()
+    onnx_fer = FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), backend="onnx")
+    assert onnx_fer.classifier.runner is not None and onnx_fer.names == fer.names
+    mine, theirs = onnx_fer(img), fer(img)
+    assert len(mine) == len(theirs) == 1
+    np.testing.assert_allclose(mine[0].probs, theirs[0].probs, atol=1e-4)
+    assert mine[0].label == theirs[0].label
+    with pytest.raises(ValueError, match="backend"):
+        FERPipeline(tiny_ckpt, backend="tflite")
+
+
+def test_exported_classifier_and_wrong_inputs(tmp_path, tiny_ckpt, fer, monkeypatch):
+    from ultralytics import YOLO
+
+    monkeypatch.chdir(tmp_path)
+    exported = YOLO(str(tiny_ckpt)).export(format="onnx", imgsz=IMGSZ, dynamic=True, simplify=True, opset=17)
+    onnx_fer = FERPipeline(exported, detector=fer.detector)
+    assert onnx_fer.imgsz == IMGSZ and onnx_fer.names == fer.names  # both read from the ONNX metadata
+    img = small_hopper()
+    np.testing.assert_allclose(onnx_fer(img)[0].probs, fer(img)[0].probs, atol=1e-4)
+    with pytest.raises(ValueError, match=rf"exported for {IMGSZ}x{IMGSZ}.*imgsz={IMGSZ}"):
+        FERPipeline(exported, detector=fer.detector, imgsz=2 * IMGSZ)
+    detect = tmp_path / "detect.pt"
+    YOLO("yolov8n.yaml").save(detect)
+    with pytest.raises(ValueError, match="detect model, not a classifier"):
+        FERPipeline(detect, detector=fer.detector)
+
+
 def test_tracker_ema():
     t = IoUTracker(alpha=0.5)
     box = np.array([[0, 0, 10, 10]], np.float32)

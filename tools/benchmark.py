@@ -1,7 +1,11 @@
-"""Side-by-side benchmark: each spayolo model beside the stock yolov8-cls of the same scale, in one run.
+"""Side-by-side benchmarks, measured in one run.
 
-Example:
+Classifiers: each spayolo model beside the stock yolov8-cls of the same scale (PyTorch, optionally ONNX Runtime).
+Pipeline: end-to-end frames per second of detection + crop + classification on 640x480 video frames with 1 and with
+5 faces, split by stage, with the classifier in PyTorch and in ONNX Runtime, detecting every frame or every n-th.
+
     python tools/benchmark.py --models spayolo-n lanmsff-yolo-n fermam-yolo-n --imgsz 64 --device cpu --onnx
+    python tools/benchmark.py --pipeline --model weights/spayolo-n-fer2013.pt --device cpu
 """
 
 from __future__ import annotations
@@ -9,11 +13,16 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_demo import demo_photos  # noqa: E402
 
 
 def build(name: str, nc: int) -> torch.nn.Module:
@@ -54,19 +63,67 @@ def measure_torch(model, imgsz: int, device: torch.device, repeats: int, batch: 
 
 
 def measure_onnx(model, imgsz: int, repeats: int, batch: int) -> tuple[float, float]:
-    import numpy as np
-    import onnxruntime as ort
+    from spayolo.runtime import OnnxModule, export_onnx_bytes
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        torch.onnx.export(model.cpu(), (torch.randn(1, 3, imgsz, imgsz),), str(path), opset_version=17, dynamo=False,
-                          input_names=["images"], dynamic_axes={"images": {0: "batch"}})
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x1 = np.random.randn(1, 3, imgsz, imgsz).astype(np.float32)
-    xb = np.random.randn(batch, 3, imgsz, imgsz).astype(np.float32)
-    latency = timed(lambda: session.run(None, {"images": x1}), 3, repeats, lambda: None)
-    throughput = batch / timed(lambda: session.run(None, {"images": xb}), 1, max(repeats // 5, 2), lambda: None)
+    runner = OnnxModule(export_onnx_bytes(model, torch.zeros(1, 3, imgsz, imgsz), {0: "batch"}))
+    x1, xb = torch.randn(1, 3, imgsz, imgsz), torch.randn(batch, 3, imgsz, imgsz)
+    latency = timed(lambda: runner(x1), 3, repeats, lambda: None)
+    throughput = batch / timed(lambda: runner(xb), 1, max(repeats // 5, 2), lambda: None)
     return latency * 1e3, throughput
+
+
+def face_tiles(detector, size: int = 112) -> list[np.ndarray]:
+    """The five faces of the photos shipped with ultralytics and matplotlib, each cut with a margin, size x size."""
+    tiles = []
+    for path, _ in demo_photos():
+        img = cv2.imread(str(path))
+        for x1, y1, x2, y2 in detector([img])[0].boxes:
+            cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.8 * max(x2 - x1, y2 - y1)
+            ys, xs = slice(max(int(cy - half), 0), int(cy + half)), slice(max(int(cx - half), 0), int(cx + half))
+            tiles.append(cv2.resize(img[ys, xs], (size, size), interpolation=cv2.INTER_AREA))
+    if len(tiles) != 5:
+        raise RuntimeError(f"expected the 5 faces of the demo photos, the detector found {len(tiles)}")
+    return tiles
+
+
+def scene(tiles: list[np.ndarray], shift: int) -> np.ndarray:
+    """A 640x480 grey frame with the tiles on two rows, all moved `shift` px right (a slow pan between frames)."""
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    size = tiles[0].shape[0]
+    for k, tile in enumerate(tiles):
+        row, col = divmod(k, 3)
+        x, y = 40 + shift + col * (size + 70), 60 + row * (size + 100)
+        frame[y : y + size, x : x + size] = tile
+    return frame
+
+
+def measure_pipeline(args) -> None:
+    """Frames per second and per-stage milliseconds for 1 and 5 faces, PyTorch vs ONNX Runtime, detect 1 vs n."""
+    from spayolo.pipeline import DEFAULT_MODEL, FERPipeline
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    rows = []
+    tiles = face_tiles(FERPipeline(model, device=args.device).detector)
+    clips = {n: [scene(tiles[:n] if n > 1 else tiles[-1:], 2 * i) for i in range(args.frames)] for n in (1, 5)}
+    for backend in ("torch", "onnx"):
+        for every in sorted({1, args.detect_every}):
+            fer = FERPipeline(model, device=args.device, detect_every=every, half=args.half, backend=backend)
+            for n, frames in clips.items():
+                for frame in frames[:3]:  # warm-up
+                    fer.process([frame], track=True)
+                fer.reset()
+                start = time.perf_counter()
+                found = sum(len(fer.process([frame], track=True)[0]) for frame in frames)
+                seconds = time.perf_counter() - start
+                stages = {k: fer.times[k] / len(frames) * 1e3 for k in ("detect", "crop", "classify")}
+                rows.append((backend, every, n, found / len(frames), len(frames) / seconds, stages))
+    print(f"pipeline: device={args.device} frames=640x480 x{args.frames} threads={torch.get_num_threads()} "
+          f"classifier={model.name}")
+    print(f"{'backend':<11}{'detect every':>13}{'faces':>6}{'found':>7}{'FPS':>8}{'detect ms':>11}{'crop ms':>9}"
+          f"{'classify ms':>13}")
+    for runtime, every, n, found, fps, t in rows:
+        print(f"{runtime:<11}{every:>13}{n:>6}{found:>7.1f}{fps:>8.1f}{t['detect']:>11.1f}{t['crop']:>9.1f}"
+              f"{t['classify']:>13.1f}")
 
 
 def main(argv=None):
@@ -79,12 +136,19 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU provider)")
+    parser.add_argument("--pipeline", action="store_true", help="benchmark end-to-end FER on video frames instead")
+    parser.add_argument("--model", default=None, help="pipeline classifier .pt/.onnx (default: the shipped weights)")
+    parser.add_argument("--frames", type=int, default=40, help="pipeline frames per configuration")
+    parser.add_argument("--detect-every", type=int, default=5, help="pipeline: compared with detecting every frame")
+    parser.add_argument("--half", action="store_true", help="pipeline: FP16 classifier (CUDA)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.pipeline:
+        return measure_pipeline(args)
 
     from ultralytics.utils.torch_utils import get_flops
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = []
     for name in args.models:

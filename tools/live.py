@@ -128,6 +128,8 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--half", action="store_true", help="FP16 classifier (CUDA)")
     ap.add_argument("--imgsz", type=int, default=None, help="classifier input size (default: from the checkpoint)")
+    ap.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
+                    help="run the face detector and the classifier in ONNX Runtime (about 2x faster on a CPU) or PyTorch")
     ap.add_argument("--min-face", type=float, default=40.0, help="smallest face in pixels that MTCNN looks for")
     ap.add_argument("--detect-every", type=int, default=5,
                     help="video: full detection every n-th frame, tracked faces re-located in between (1: every frame)")
@@ -143,8 +145,8 @@ def main(argv=None) -> int:
     try:
         name, frames, total, live = open_source(args.source)  # before loading models: bad sources fail fast
         fer = FERPipeline(args.model, detector=args.detector, device=args.device, imgsz=args.imgsz, half=args.half,
-                          min_face=args.min_face, detect_every=args.detect_every)
-    except (FileNotFoundError, ValueError, SourceError) as e:
+                          min_face=args.min_face, detect_every=args.detect_every, backend=args.backend)
+    except (FileNotFoundError, ValueError, ImportError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     writer = jsonf = bar = None
