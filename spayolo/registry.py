@@ -296,6 +296,23 @@ def _wrap_check_yaml(stock_check_yaml):
     return check_yaml
 
 
+def _wrap_check_cls_dataset(stock_check):
+    def check_cls_dataset(dataset, split=""):
+        from spayolo.data import resolve_dataset  # fer2013.yaml, ckplus-fold3.yaml -> their prepared folders
+
+        return stock_check(resolve_dataset(dataset) or dataset, split=split)
+
+    check_cls_dataset.stock = stock_check
+    return check_cls_dataset
+
+
+def use_dataset_names(module) -> None:
+    """Make a module's ``check_cls_dataset`` accept spayolo's dataset names; a no-op until it has one, or twice."""
+    stock = getattr(module, "check_cls_dataset", None)
+    if stock is not None and not hasattr(stock, "stock"):
+        module.check_cls_dataset = _wrap_check_cls_dataset(stock)
+
+
 def _wrap_guess_model_scale(stock_guess):
     def guess_model_scale(model_path):
         found = model_yaml(Path(model_path).name)
@@ -333,6 +350,13 @@ def install() -> None:
     import spayolo.nn  # noqa: F401  registers every block
     from spayolo.engine import install_optimizers
 
+    from spayolo import _autoload
+
+    # where Ultralytics checks classification datasets; a module still executing is done by the hook when it ends
+    for name in _autoload.DATASET_USERS:
+        if name in sys.modules:
+            use_dataset_names(sys.modules[name])
+    _autoload.hook_imports()
     tasks.parse_model = make_parse_model(tasks.parse_model)
     tasks.check_yaml = _wrap_check_yaml(tasks.check_yaml)
     tasks.guess_model_scale = _wrap_guess_model_scale(tasks.guess_model_scale)

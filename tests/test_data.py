@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, write_image_folder
+from conftest import REPO, run_cli, write_image_folder, yolo_cli
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
 
 
@@ -235,6 +235,21 @@ class TinyCAMNet(torch.nn.Module):
     def forward(self, x):
         return self.model(x)
 
+
+
+def test_stock_cli_resolves_dataset_names(tmp_path, monkeypatch):
+    from ultralytics.engine import exporter, trainer, validator
+
+    monkeypatch.setenv("SPAYOLO_DATASETS", str(tmp_path))
+    write_image_folder(tmp_path / "fer2013", classes=("angry", "happy", "sad"), per_class=2)
+    for module in (trainer, validator, exporter):  # the three places Ultralytics checks a classification dataset
+        data = module.check_cls_dataset("fer2013.yaml", split="val")
+        assert Path(data["train"]) == tmp_path / "fer2013" / "train" and data["nc"] == 3
+    r = run_cli([yolo_cli(), "classify", "train", "model=spayolo-n.yaml", "data=ckplus-fold2.yaml", "epochs=1",
+                 "imgsz=32", "device=cpu"], cwd=tmp_path, env={"SPAYOLO_DATASETS": str(tmp_path)}, timeout=300)
+    output = r.stdout + r.stderr
+    assert r.returncode != 0 and "Dataset 'ckplus-fold2.yaml' is not prepared" in output
+    assert f"python tools/prepare_data.py ckplus" in output and str(tmp_path / "ckplus" / "fold2") in output
 
 def test_grad_cam_equals_cam_for_gap_linear_head():
     torch.manual_seed(0)
