@@ -77,11 +77,11 @@ def register_block(channels: str | Callable = "out", *, repeats: bool = False, s
     return record
 
 
-def scale_width(c: int, width: float, max_channels: float) -> int:
-    """Ultralytics' width rule for base modules: cap, multiply, round up to a multiple of 8."""
+def scale_width(c: int, width: float, max_channels: float, divisor: int = 8) -> int:
+    """Ultralytics' width rule for base modules: cap, multiply, round up to a multiple of `divisor` (its 8)."""
     from ultralytics.utils.ops import make_divisible
 
-    return int(make_divisible(min(c, max_channels) * width, 8))
+    return int(make_divisible(min(c, max_channels) * width, divisor))
 
 
 def scale_depth(n: int, depth: float) -> int:
@@ -103,10 +103,13 @@ class _Scale:
     width: float
     max_channels: float
     scale: str | None
+    divisor: int = 8  # YAML key channel_divisor: 1 keeps a paper's exact block widths (e.g. LANMSFF's 66/78)
 
 
 def _resolve_scale(d: dict) -> _Scale:
-    scales, scale = d.get("scales"), d.get("scale")
+    scales, scale, divisor = d.get("scales"), d.get("scale"), d.get("channel_divisor", 8)
+    if not isinstance(divisor, int) or divisor < 1:
+        raise ModelConfigError(f"{_source(d)}: channel_divisor must be a positive integer, got {divisor!r}")
     if scales:
         if not scale:
             from ultralytics.utils import LOGGER
@@ -115,8 +118,8 @@ def _resolve_scale(d: dict) -> _Scale:
             LOGGER.warning(f"no model scale passed. Assuming scale='{scale}'.")
         if scale not in scales:
             raise ModelConfigError(f"{_source(d)}: scale '{scale}' is not one of its scales {list(scales)}")
-        return _Scale(*scales[scale], scale)
-    return _Scale(d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), float("inf"), scale)
+        return _Scale(*scales[scale], scale, divisor)
+    return _Scale(d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), float("inf"), scale, divisor)
 
 
 def _source(d: dict) -> str:
@@ -183,7 +186,7 @@ def _build_block(d: dict, i: int, spec: BlockSpec, c1, n: int, args: list, scale
     if spec.channels == "out":
         if not args or not isinstance(args[0], int):
             raise ModelConfigError(f"{_source(d)}: layer {i} ({name}): the first argument must be the output width")
-        c2, args = scale_width(args[0], scale.width, scale.max_channels), args[1:]
+        c2, args = scale_width(args[0], scale.width, scale.max_channels, scale.divisor), args[1:]
     elif spec.channels == "classes":
         if not args or not isinstance(args[0], int):
             raise ModelConfigError(f"{_source(d)}: layer {i} ({name}): the first argument must be the class count (nc)")
@@ -192,7 +195,8 @@ def _build_block(d: dict, i: int, spec: BlockSpec, c1, n: int, args: list, scale
         c2 = c1[0] if isinstance(c1, list) else c1
     else:
         c2 = spec.channels(c1)
-    args = [scale_width(a, scale.width, scale.max_channels) if j in spec.scaled else a for j, a in enumerate(args)]
+    args = [scale_width(a, scale.width, scale.max_channels, scale.divisor) if j in spec.scaled else a
+            for j, a in enumerate(args)]
     head = [c1, c2, n] if spec.repeats else [c1, c2]
     try:
         spec.signature.bind(*head, *args)

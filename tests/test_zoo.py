@@ -9,9 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import spayolo.nn.lanmsff  # noqa: F401  registers the blocks (not yet imported by spayolo.nn)
-import spayolo.nn.msff  # noqa: F401
-import spayolo.nn.wamf  # noqa: F401
+from conftest import REPO
 from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFHead, MassAtt
 from spayolo.nn.msff import BFEU, FFM, MSFFModule
 from spayolo.nn.wamf import MF, WA, CapsuleHead, squash
@@ -316,3 +314,22 @@ def test_yaml_builds_every_scale(base, no_flops):
         assert model.yaml["nc"] == 7
         sizes.append(n_params(model))
     assert sizes == sorted(sizes) and len(set(sizes)) == 4  # every scale builds and grows with s < m < l < x
+
+
+def test_lanmsff_paper_widths_kept_exactly(no_flops, tmp_path):
+    from ultralytics import YOLO
+
+    from spayolo.registry import ModelConfigError
+
+    model = YOLO("lanmsff.yaml").model  # channel_divisor: 1, so no rounding up to multiples of 8
+    widths = []
+    hooks = [model.model[i].register_forward_hook(lambda m, x, y: widths.append(y.shape[1])) for i in (1, 3, 5, 7)]
+    model.eval()(torch.zeros(1, 3, 64, 64))
+    assert widths == [66, 72, 78, 84]
+    for hook in hooks:
+        hook.remove()
+    bad = tmp_path / "bad-divisor.yaml"
+    bad.write_text((REPO / "cfg" / "models" / "lanmsff.yaml").read_text().replace("channel_divisor: 1",
+                                                                               "channel_divisor: 0"))
+    with pytest.raises(ModelConfigError, match="bad-divisor.yaml.*channel_divisor"):
+        YOLO(str(bad))
