@@ -46,18 +46,8 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
     return terms.cumsum(-2).masked_fill(~lower, float("-inf"))
 
 
-def selective_scan_chunked(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    chunk_size: int = 16,
-) -> torch.Tensor:
-    """Chunked pure-PyTorch selective scan; same arguments and result as :func:`selective_scan`."""
+def selective_scan_chunked(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, chunk_size=16):
+    """Chunked pure-PyTorch selective scan; same arguments (typed there) and result as :func:`selective_scan`."""
     dtype, (b, d, length) = u.dtype, u.shape
     with torch.autocast(u.device.type, enabled=False):
         u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
