@@ -292,3 +292,24 @@ def test_kfold_tool_scores_last_epoch_of_each_fold(tmp_path, capsys):
     assert kfold.main([str(tmp_path)]) == 2  # no fold folders there
     with pytest.raises(ValueError, match="fixed split"):
         kfold.fold_roots("fer2013")
+
+
+def test_evaluate_tool_per_class_matches_confusion(tmp_path):
+    from ultralytics.nn.tasks import ClassificationModel
+
+    evaluate = load_tool("evaluate")
+    names = ("happy", "sad")
+    data = write_image_folder(tmp_path / "faces", classes=names, per_class=3, size=32)
+    model = ClassificationModel("spayolo-n.yaml", nc=2, verbose=False)
+    model.names = dict(enumerate(names))
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, ckpt)
+    report = evaluate.evaluate(str(ckpt), str(data), imgsz=32, batch=2, device="cpu")
+    confusion = np.array(report["confusion"])
+    assert confusion.shape == (2, 2) and confusion.sum() == report["images"] == 6
+    assert report["support"] == {"happy": 3, "sad": 3}
+    for i, name in enumerate(names):
+        assert report["per_class"][name] == pytest.approx(confusion[i, i] / 3)
+    assert report["top1"] == pytest.approx(np.trace(confusion) / 6, abs=1e-3)
+    assert "| **all (top-1)** | 6 |" in evaluate.table(report)
+    assert evaluate.main(["--model", str(tmp_path / "nope.pt"), "--data", str(data)]) == 2
