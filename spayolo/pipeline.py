@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from spayolo.face.detectors import Detections, FaceDetector, build_detector
+from spayolo.registry import packaged
 from spayolo.runtime import OnnxModule, export_onnx_bytes
 
 __all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker")
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "spayolo-n-fer2013.pt"
+DEFAULT_MODEL = packaged("weights", "spayolo-n-fer2013.pt")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 

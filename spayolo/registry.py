@@ -23,10 +23,16 @@ from torch import nn
 __all__ = ("BLOCKS", "BlockSpec", "ModelConfigError", "install", "model_yaml", "register_block", "scale_depth",
            "scale_width")
 
-# Installed, the YAMLs ship inside the package; in a checkout (and an editable install) they sit at the repo root.
 _PACKAGE = Path(__file__).resolve().parent
-MODELS_DIR = next((p / "cfg" / "models" for p in (_PACKAGE, _PACKAGE.parent) if (p / "cfg" / "models").is_dir()),
-                  _PACKAGE / "cfg" / "models")
+
+
+def packaged(*parts: str) -> Path:
+    """A data path: inside the installed package (wheel), else at the repo root (checkout or editable install)."""
+    return next((p.joinpath(*parts) for p in (_PACKAGE, _PACKAGE.parent) if p.joinpath(*parts).exists()),
+                _PACKAGE.joinpath(*parts))
+
+
+MODELS_DIR = packaged("cfg", "models")
 _SCALED_NAME = re.compile(r"^(?P<base>.+)-(?P<scale>[nslmx])$")
 
 

@@ -1,4 +1,4 @@
-"""A plain (non-editable) wheel carries the autoload .pth at its root and every model and dataset YAML."""
+"""A plain (non-editable) wheel carries the autoload .pth at its root, every model and dataset YAML, and the weights."""
 
 from __future__ import annotations
 
@@ -19,3 +19,5 @@ def test_wheel_ships_autoload_and_yamls(tmp_path):
         for path in (REPO / "cfg" / kind).glob("*.yaml"):
             assert f"spayolo/cfg/{kind}/{path.name}" in names
     assert "spayolo/face/mtcnn.py" in names and "spayolo/registry.py" in names
+    for path in (REPO / "weights").glob("*.*"):
+        assert f"spayolo/weights/{path.name}" in names  # the pipeline's default classifier after `pip install .`
