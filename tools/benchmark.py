@@ -62,6 +62,39 @@ def measure_torch(model, imgsz: int, device: torch.device, repeats: int, batch: 
     return latency * 1e3, throughput
 
 
+def scan_share(model, imgsz: int, device: torch.device, repeats: int) -> float:
+    """Fraction of a batch-1 forward pass spent in FERMam's selective scan (0 for a model without one)."""
+    import spayolo.nn.fermam as fermam
+
+    if not any(isinstance(m, fermam.SS2D) for m in model.modules()):
+        return 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    scan, spent = fermam.selective_scan, [0.0]
+
+    def timed_scan(*args):
+        sync()
+        start = time.perf_counter()
+        y = scan(*args)
+        sync()
+        spent[0] += time.perf_counter() - start
+        return y
+
+    fermam.selective_scan = timed_scan  # SS2D looks the function up in its module at call time
+    try:
+        x = torch.randn(1, 3, imgsz, imgsz, device=device)
+        with torch.inference_mode():
+            model(x)
+            spent[0] = 0.0
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            sync()
+            total = time.perf_counter() - start
+    finally:
+        fermam.selective_scan = scan
+    return spent[0] / total
+
+
 def measure_onnx(model, imgsz: int, repeats: int, batch: int) -> tuple[float, float]:
     from spayolo.runtime import OnnxModule, export_onnx_bytes
 
@@ -160,19 +193,22 @@ def main(argv=None):
         params = sum(p.numel() for p in model.parameters()) / 1e6
         row = {"params_M": params, "GFLOPs@640": get_flops(model, 640), f"GFLOPs@{args.imgsz}": get_flops(model, args.imgsz)}
         row["ms_b1"], row[f"img/s_b{args.batch}"] = measure_torch(model, args.imgsz, device, args.repeats, args.batch)
+        row["scan_share"] = scan_share(model, args.imgsz, device, args.repeats)
         if args.onnx:
             row["onnx_ms_b1"], row[f"onnx_img/s_b{args.batch}"] = measure_onnx(model, args.imgsz, args.repeats, args.batch)
         rows[name] = row
     columns = list(next(iter(rows.values())))
     print(f"device={device} imgsz={args.imgsz} threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"{'model':<22}" + "".join(f"{c:>16}" for c in columns) + f"{'vs stock (ms, img/s)':>24}")
+    print(f"{'model':<22}" + "".join(f"{c:>16}" for c in columns) + f"{'vs stock (ms, img/s)':>24}"
+          + (f"{f'onnx speed-up (b1, b{args.batch})':>24}" if args.onnx else ""))
     for name, row in rows.items():
         twin = stock_twin(name)
         ratio = ""
         if twin in rows and twin != name:
             base = rows[twin]
             ratio = f"x{row['ms_b1'] / base['ms_b1']:.2f}, x{row[columns[4]] / base[columns[4]]:.2f}"
-        print(f"{name:<22}" + "".join(f"{row[c]:>16.3f}" for c in columns) + f"{ratio:>24}")
+        onnx = f"x{row['ms_b1'] / row['onnx_ms_b1']:.2f}, x{row[columns[-1]] / row[columns[4]]:.2f}" if args.onnx else ""
+        print(f"{name:<22}" + "".join(f"{row[c]:>16.3f}" for c in columns) + f"{ratio:>24}{onnx:>24}")
 
 
 if __name__ == "__main__":
