@@ -250,8 +250,8 @@ class FERPipeline:
     def __call__(self, source):
         """Frame (BGR array) or image path -> list[Face]; a list of them -> list of list[Face]."""
         if isinstance(source, (list, tuple)):
-            return self.process([self._read(s) for s in source], track=bool(self.track))
-        return self.process([self._read(source)], track=bool(self.track))[0]
+            return self.process(list(source), track=bool(self.track))
+        return self.process([source], track=bool(self.track))[0]
 
     def stream(self, source):
         """Yield (index, frame, faces) for a video file, camera index or URL; tracking on unless track=False."""
@@ -271,15 +271,35 @@ class FERPipeline:
 
     @staticmethod
     def _read(source) -> np.ndarray:
-        if isinstance(source, np.ndarray):
-            return source
-        img = cv2.imread(str(source))
-        if img is None:
-            raise FileNotFoundError(f"cannot read image: {source}")
-        return img
+        """An image path or array -> HxWx3 uint8 BGR; grayscale and BGRA arrays are converted, anything else refused."""
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"image not found: {path}")
+            img = cv2.imread(str(path))
+            if img is None:
+                raise ValueError(f"cannot decode image {path}: corrupt, or not an image format OpenCV reads")
+            return img
+        if not isinstance(source, np.ndarray):
+            raise TypeError(f"expected an image path or a BGR uint8 array, got {type(source).__name__}")
+        if source.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 BGR arrays (0-255), got dtype {source.dtype}")
+        if not source.size:
+            return source  # process() names the empty frame's place in the batch
+        if source.ndim == 2 or source.ndim == 3 and source.shape[2] in (1, 4):
+            code = cv2.COLOR_BGRA2BGR if source.ndim == 3 and source.shape[2] == 4 else cv2.COLOR_GRAY2BGR
+            return cv2.cvtColor(source, code)
+        if source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"frames must be HxWx3 BGR arrays, got shape {source.shape}")
+        return source
 
     def process(self, frames: list[np.ndarray], track: bool = False) -> list[list[Face]]:
         """Run detection, cropping and classification on a batch of BGR frames (consecutive video frames if track)."""
+        frames = [self._read(f) for f in frames]
+        empty = [i for i, f in enumerate(frames) if not f.size]
+        if empty:
+            raise ValueError(f"empty frame (no pixels) at index {empty[0]} of the batch: a camera or stream glitch, or "
+                             f"a failed decode; skip it before calling the pipeline")
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         dets = self._detect(frames, track)

@@ -161,6 +161,24 @@ def test_tracker_ema():
     assert ids == [1] and np.allclose(p, [[0.5, 0.5]])
 
 
+def test_bad_frames_and_files_are_named(fer, tmp_path):
+    img = small_hopper()
+    gray, bgra = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)
+    assert len(fer(gray)) == len(fer(bgra)) == len(fer(gray[..., None])) == 1  # converted, not refused
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    for source, error, message in ((np.zeros((0, 0, 3), np.uint8), ValueError, "empty frame"),
+                                   (img.astype(np.float32), ValueError, "uint8"),
+                                   (img[..., :2].copy(), ValueError, r"HxWx3.*\(300, 256, 2\)"),
+                                   (None, TypeError, "NoneType"),
+                                   (tmp_path / "missing.jpg", FileNotFoundError, "missing.jpg"),
+                                   (corrupt, ValueError, "cannot decode image .*corrupt.jpg")):
+        with pytest.raises(error, match=message):
+            fer(source)
+    with pytest.raises(ValueError, match="index 1 of the batch"):
+        fer.process([img, np.zeros((0, 5, 3), np.uint8)])
+
+
 def test_missing_model_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         FERPipeline(tmp_path / "nope.pt")
