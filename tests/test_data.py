@@ -282,11 +282,12 @@ def test_kfold_tool_scores_last_epoch_of_each_fold(tmp_path, capsys):
     for k in range(2):
         write_image_folder(tmp_path / "tiny" / f"fold{k}", per_class=2, size=32)
     args = [str(tmp_path / "tiny"), "--model", "spayolo-n.yaml", "--epochs", "1", "--project", str(tmp_path / "runs"),
-            "imgsz=32", "batch=4", "workers=0", "device=cpu", "plots=False", "amp=False"]
+            "imgsz=32", "batch=4", "workers=0", "device=cpu", "plots=False", "amp=False", "lr0=5e-4"]
     assert kfold.main(args) == 0
     report = json.loads((tmp_path / "runs" / "tiny-spayolo-n" / "kfold.json").read_text())
     assert set(report["top1_per_fold"]) == {"0", "1"} and 0 <= report["top1_mean"] <= 1
     assert report["overrides"]["imgsz"] == 32 and report["weights"] == "last epoch of each fold"
+    assert report["overrides"]["lr0"] == 5e-4  # parsed as the yolo CLI does (YAML would keep "5e-4" a string)
     assert (tmp_path / "runs" / "tiny-spayolo-n" / "fold1" / "weights" / "last.pt").is_file()
     assert kfold.main([str(tmp_path / "tiny"), "imgsz"]) == 2 and "key=value" in capsys.readouterr().err
     assert kfold.main([str(tmp_path)]) == 2  # no fold folders there

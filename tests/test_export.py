@@ -1,32 +1,95 @@
-"""`YOLO(...).export(format="onnx")` for every family: one probability output, equal to PyTorch within 1e-4."""
+"""ONNX deployment: every model YAML exports through `YOLO(...).export`, and ONNX Runtime gives PyTorch's answers."""
 
 from __future__ import annotations
 
+import sys
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
-FAMILIES = ["spayolo-n", "lanmsff-yolo-n", "wamf-yolo-n", "msff-yolo-n", "fermam-yolo-n"]
+from conftest import REPO, run_cli, write_image_folder, yolo_cli
+from test_face import package_file
+
+YAMLS = sorted(p.stem for p in (REPO / "cfg" / "models").glob("*.yaml"))
+UNSCALED = {"lanmsff", "msff"}  # the papers' own networks, one size each
+SHIPPED = REPO / "weights" / "spayolo-n-fer2013"
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_onnx_export_matches_pytorch(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a model built from a YAML exports next to the working directory
+def onnx_probs(path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert len(session.get_outputs()) == 1
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("stem", YAMLS)
+def test_every_yaml_exports_and_matches_pytorch(stem, tmp_path, monkeypatch):
+    import onnx
     from ultralytics import YOLO
 
+    monkeypatch.chdir(tmp_path)  # a model built from a YAML exports into the working directory
     torch.manual_seed(0)
-    model = YOLO(f"{name}.yaml")
+    model = YOLO(f"{stem}.yaml" if stem in UNSCALED else f"{stem}-n.yaml")
     model.model.names = {i: f"class{i}" for i in range(7)}
     imgsz = 64
     path = model.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True, opset=17, device="cpu")
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    assert len(session.get_outputs()) == 1
-    assert "class6" in session.get_modelmeta().custom_metadata_map["names"]
+    graph = onnx.load(path)
+    assert {op.domain for op in graph.opset_import} <= {"", "ai.onnx"}  # stock operators only, no custom ops
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert "class6" in dict((p.key, p.value) for p in graph.metadata_props)["names"]
     x = torch.rand(3, 3, imgsz, imgsz)
-    (onnx_probs,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     net = model.model.float().eval()
     with torch.inference_mode():
         torch_probs = net(x)[0].numpy()
-    assert np.abs(onnx_probs - torch_probs).max() < 1e-4
-    assert (onnx_probs.argmax(1) == torch_probs.argmax(1)).all()
+    probs = onnx_probs(path, x.numpy())
+    assert np.abs(probs - torch_probs).max() < 1e-4 and (probs.argmax(1) == torch_probs.argmax(1)).all()
+
+
+def face_crops() -> np.ndarray:
+    """Real faces (the photos shipped with ultralytics and matplotlib), cut by MTCNN and aligned as the pipeline does."""
+    from spayolo.face.detectors import MTCNNDetector
+    from spayolo.pipeline import FERPipeline
+
+    fer = FERPipeline(SHIPPED.with_suffix(".pt"), detector=MTCNNDetector("cpu"))
+    crops = []
+    for parts in (("ultralytics", "assets", "zidane.jpg"), ("ultralytics", "assets", "bus.jpg"),
+                  ("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg")):
+        img = cv2.imread(str(package_file(*parts)))
+        crops.append(fer.crop(img, fer.detector([img])[0]))
+    return torch.cat(crops).numpy()
+
+
+def test_shipped_weights_onnx_matches_pt_on_real_faces():
+    from ultralytics.nn.tasks import load_checkpoint
+
+    x = face_crops()
+    assert len(x) == 5
+    model, _ = load_checkpoint(SHIPPED.with_suffix(".pt"))
+    with torch.inference_mode():
+        torch_probs = model.float().eval()(torch.from_numpy(x))[0].numpy()
+    probs = onnx_probs(SHIPPED.with_suffix(".onnx"), x)
+    assert np.abs(probs - torch_probs).max() < 1e-4 and (probs.argmax(1) == torch_probs.argmax(1)).all()
+
+
+def test_stock_predict_and_val_accept_exported_onnx(tmp_path):
+    from ultralytics import YOLO
+
+    ckpt = tmp_path / "tiny.pt"
+    names = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    model = YOLO("spayolo-n.yaml")
+    model.model.names = dict(enumerate(names))
+    model.save(ckpt)
+    data = write_image_folder(tmp_path / "faces", classes=names, per_class=1, size=32)
+    r = run_cli([yolo_cli(), "export", f"model={ckpt}", "format=onnx", "imgsz=32", "dynamic=True"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    onnx_file = tmp_path / "tiny.onnx"
+    r = run_cli([yolo_cli(), "classify", "val", f"model={onnx_file}", f"data={data}", "imgsz=32", "batch=1"],
+                cwd=tmp_path)
+    assert r.returncode == 0 and "all" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    image = next((data / "val" / "sad").glob("*.jpg"))
+    r = run_cli([sys.executable, "-c", f"from ultralytics import YOLO; r = YOLO(r'{onnx_file}', task='classify')"
+                 f"(r'{image}', imgsz=32, verbose=False)[0]; print(r.names[6], r.probs.data.shape[0])"], cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.split()[-2:] == ["surprise", "7"], r.stdout[-2000:] + r.stderr[-2000:]

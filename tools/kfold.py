@@ -36,15 +36,15 @@ def fold_roots(dataset: str) -> list[Path]:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """key=value pairs for YOLO.train; values parsed as YAML scalars, keys checked against Ultralytics' settings."""
-    import yaml
+    """key=value pairs for YOLO.train, parsed as the `yolo` CLI parses them; keys checked against its settings."""
+    from ultralytics.cfg import smart_value
 
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in DEFAULT_CFG_DICT:
             raise ValueError(f"'{item}' is not a key=value Ultralytics training argument")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = smart_value(value)
     return overrides
 
 
