@@ -93,3 +93,18 @@ def test_stock_predict_and_val_accept_exported_onnx(tmp_path):
     r = run_cli([sys.executable, "-c", f"from ultralytics import YOLO; r = YOLO(r'{onnx_file}', task='classify')"
                  f"(r'{image}', imgsz=32, verbose=False)[0]; print(r.names[6], r.probs.data.shape[0])"], cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.split()[-2:] == ["surprise", "7"], r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_fp16_export_of_shipped_weights(tmp_path):
+    import onnx
+    from ultralytics import YOLO
+
+    ckpt = tmp_path / "fp16.pt"
+    ckpt.write_bytes(SHIPPED.with_suffix(".pt").read_bytes())
+    path = YOLO(str(ckpt)).export(format="onnx", imgsz=64, half=True, device="cpu")
+    weights = onnx.load(path).graph.initializer
+    assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2  # weights stored in FP16
+    x = face_crops()
+    fp16 = np.concatenate([onnx_probs(path, x[i : i + 1]) for i in range(len(x))])  # exported with batch 1
+    fp32 = onnx_probs(SHIPPED.with_suffix(".onnx"), x)
+    assert np.abs(fp16 - fp32).max() < 2e-3 and (fp16.argmax(1) == fp32.argmax(1)).all()
