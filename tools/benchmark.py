@@ -132,11 +132,12 @@ def scene(tiles: list[np.ndarray], shift: int) -> np.ndarray:
 
 def measure_pipeline(args) -> None:
     """Frames per second and per-stage milliseconds for 1 and 5 faces, PyTorch vs ONNX Runtime, detect 1 vs n."""
+    from spayolo.face.detectors import MTCNNDetector
     from spayolo.pipeline import DEFAULT_MODEL, FERPipeline
 
     model = Path(args.model) if args.model else DEFAULT_MODEL
     rows = []
-    tiles = face_tiles(FERPipeline(model, device=args.device).detector)
+    tiles = face_tiles(MTCNNDetector(args.device, min_face=40))
     clips = {n: [scene(tiles[:n] if n > 1 else tiles[-1:], 2 * i) for i in range(args.frames)] for n in (1, 5)}
     for backend in ("torch", "onnx"):
         for every in sorted({1, args.detect_every}):

@@ -24,8 +24,8 @@ def fold_roots(dataset: str) -> list[Path]:
     from spayolo.data import dataset_cfg, resolve_dataset
 
     if Path(dataset).is_dir():
-        folds = sorted(Path(dataset).glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
-        folds = [f for f in folds if f.name[4:].isdigit() and (f / "train").is_dir()]
+        folds = [p for p in Path(dataset).glob("fold*") if p.name[4:].isdigit() and (p / "train").is_dir()]
+        folds.sort(key=lambda p: int(p.name[4:]))
         if not folds:
             raise FileNotFoundError(f"{dataset} holds no fold<k>/train folders (make them with tools/prepare_data.py)")
         return folds

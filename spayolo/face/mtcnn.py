@@ -84,39 +84,41 @@ class PNet(_TFNet):
         return self.box(x), self.cls(x).softmax(1)[:, 1]
 
 
-class RNet(_TFNet):
+class _CropNet(_TFNet):
+    """RNet/ONet layout: conv body, dense + PReLU, then box offsets, optionally 10 landmark values, face prob."""
+
+    def __init__(self, body: nn.Sequential, flat: int, hidden: int, landmarks: bool):
+        super().__init__()
+        self.body = body
+        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.PReLU(hidden))
+        self.box = nn.Linear(hidden, 4)
+        self.lmk = nn.Linear(hidden, 10) if landmarks else None  # before cls: the TF weight list's order
+        self.cls = nn.Linear(hidden, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.fc(self.flatten_tf(self.body(x)))
+        prob = self.cls(x).softmax(1)[:, 1]
+        return (self.box(x), prob) if self.lmk is None else (self.box(x), self.lmk(x), prob)
+
+
+class RNet(_CropNet):
     """Refinement net on 24x24 crops; returns (box offsets, face prob)."""
 
     def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(*_conv_prelu(3, 28, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                  *_conv_prelu(28, 48, 3), nn.MaxPool2d(3, 2), *_conv_prelu(48, 64, 2))
-        self.fc = nn.Sequential(nn.Linear(576, 128), nn.PReLU(128))
-        self.box = nn.Linear(128, 4)
-        self.cls = nn.Linear(128, 2)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.fc(self.flatten_tf(self.body(x)))
-        return self.box(x), self.cls(x).softmax(1)[:, 1]
+        super().__init__(nn.Sequential(*_conv_prelu(3, 28, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                       *_conv_prelu(28, 48, 3), nn.MaxPool2d(3, 2), *_conv_prelu(48, 64, 2)),
+                         flat=576, hidden=128, landmarks=False)
 
 
-class ONet(_TFNet):
+class ONet(_CropNet):
     """Output net on 48x48 crops; returns (box offsets, landmarks x1..x5,y1..y5 in box units, face prob)."""
 
     def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(*_conv_prelu(3, 32, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                  *_conv_prelu(32, 64, 3), nn.MaxPool2d(3, 2),
-                                  *_conv_prelu(64, 64, 3), nn.MaxPool2d(2, 2, ceil_mode=True),
-                                  *_conv_prelu(64, 128, 2))
-        self.fc = nn.Sequential(nn.Linear(1152, 256), nn.PReLU(256))
-        self.box = nn.Linear(256, 4)
-        self.lmk = nn.Linear(256, 10)
-        self.cls = nn.Linear(256, 2)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.fc(self.flatten_tf(self.body(x)))
-        return self.box(x), self.lmk(x), self.cls(x).softmax(1)[:, 1]
+        super().__init__(nn.Sequential(*_conv_prelu(3, 32, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                       *_conv_prelu(32, 64, 3), nn.MaxPool2d(3, 2),
+                                       *_conv_prelu(64, 64, 3), nn.MaxPool2d(2, 2, ceil_mode=True),
+                                       *_conv_prelu(64, 128, 2)),
+                         flat=1152, hidden=256, landmarks=True)
 
 
 def _pyramid(h: int, w: int, min_face: float, factor: float) -> list[float]:
