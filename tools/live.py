@@ -31,7 +31,12 @@ class SourceError(RuntimeError):
 def open_source(source: str | None):
     """Return (description, iterator of frames, total frames or None, is_live); None = camera 0 or the demo."""
     if source is None:
-        cap = cv2.VideoCapture(0)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # no camera is expected here, not an error
+        try:
+            cap = cv2.VideoCapture(0)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if cap.isOpened() and cap.read()[0]:
             print("source: camera 0")
             return "camera 0", _video(cap, "camera 0", live=True), None, True
