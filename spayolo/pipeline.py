@@ -1,4 +1,4 @@
-"""End-to-end facial expression recognition: face detection, eye-aligned crops, batched classification, tracking.
+"""End-to-end facial expression recognition: read frames, detect faces, crop them, classify, track.
 
     from spayolo.pipeline import FERPipeline
     fer = FERPipeline("weights/spayolo-n-fer2013.pt")
@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import ast
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,17 +18,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from spayolo.checkpoints import CheckpointError, load_checkpoint
+from spayolo.face.align import aligned_crops
 from spayolo.face.detectors import Detections, FaceDetector, build_detector
-from spayolo.registry import packaged
+from spayolo.paths import packaged
 from spayolo.runtime import OnnxModule, export_onnx_bytes
+from spayolo.sources import FrameSource, open_source, read_image
 
-__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker")
+__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker", "box_iou")
 
 DEFAULT_MODEL = packaged("weights", "spayolo-n-fer2013.pt")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -124,19 +124,45 @@ def _names_list(names) -> list[str]:
     return [str(n) for n in names]
 
 
-def _require_classifier(model: nn.Module, source) -> None:
-    from ultralytics.nn.tasks import BaseModel, guess_model_task
+def _not_classifier(source, task: str) -> CheckpointError:
+    return CheckpointError(f"{source} is a {task} model, not a classifier: pass a classification checkpoint "
+                           f"(.pt/.onnx) as the expression model, and a face detector with detector=/--detector")
 
-    task = guess_model_task(model) if isinstance(model, BaseModel) else "classify"
-    if task != "classify":
-        raise ValueError(f"{source} is a {task} model, not a classifier: pass a classification checkpoint (.pt/.onnx) "
-                         f"as the expression model, and a face detector with detector=/--detector")
+
+def _device(device: str | torch.device) -> torch.device:
+    """A torch.device that exists on this machine; ValueError naming the device otherwise."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N'") from error
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device '{device}' is not available on this machine (CUDA GPUs: "
+                         f"{torch.cuda.device_count()}): use device='cpu' (--device cpu)")
+    return device
+
+
+def _onnx_classifier(path: Path, device: torch.device) -> tuple[OnnxModule, dict]:
+    """An ONNX Runtime session for a classification .onnx and its metadata, refusing other files with their name."""
+    try:
+        runner = OnnxModule(path, device)
+    except Exception as error:  # onnxruntime reports unreadable models in its own exception types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is not a valid ONNX model: {first}") from error
+    meta = runner.session.get_modelmeta().custom_metadata_map
+    outputs = runner.session.get_outputs()
+    if meta.get("task", "classify") != "classify":
+        raise _not_classifier(path, meta["task"])
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        shapes = ", ".join(str(o.shape) for o in outputs)
+        raise CheckpointError(f"{path} is not a classifier: a classifier has one (batch, classes) output, this one "
+                              f"has {shapes}")
+    return runner, meta
 
 
 class _Classifier:
     """A classification model (.pt, .onnx, ultralytics YOLO object or nn.Module) run in PyTorch or ONNX Runtime."""
 
-    def __init__(self, model, device: torch.device, half: bool):
+    def __init__(self, model, device: torch.device, half: bool, trusted: bool = False):
         self.device, self.half, self.runner, self.source = device, half and device.type == "cuda", None, model
         imgsz = names = None
         if model is None:
@@ -148,16 +174,14 @@ class _Classifier:
             if not path.is_file():
                 raise FileNotFoundError(f"classifier weights not found: {path}")
             if path.suffix.lower() == ".onnx":
-                self.runner = OnnxModule(path, device)
-                meta = self.runner.session.get_modelmeta().custom_metadata_map
+                self.runner, meta = _onnx_classifier(path, device)
                 names, imgsz = meta.get("names"), meta.get("imgsz")
                 imgsz = ast.literal_eval(imgsz) if imgsz else self.runner.session.get_inputs()[0].shape[2:]
             else:
-                from ultralytics.nn.tasks import load_checkpoint
-
-                model, ckpt = load_checkpoint(path)
+                model, ckpt = load_checkpoint(path, trusted)
                 imgsz = (ckpt.get("train_args") or {}).get("imgsz")
-                _require_classifier(model, path)
+                if model.task != "classify":
+                    raise _not_classifier(path, model.task)
         elif hasattr(model, "model") and isinstance(getattr(model, "model", None), nn.Module):  # ultralytics YOLO
             imgsz = ((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz")
             model = model.model
@@ -186,8 +210,10 @@ class _Classifier:
                              f"imgsz={self.imgsz}, or export again with imgsz={imgsz}")
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,3,S,S) float 0-1 -> (N,nc) probabilities."""
+    def __call__(self, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """(N,3,S,S) float 0-1 -> (N,nc) probabilities; with ``tta``, averaged with those of the mirrored crops."""
+        if tta:
+            return self(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(0)
         if self.runner is not None:
             y = self.runner(x)
         else:
@@ -199,6 +225,12 @@ class _Classifier:
         return y
 
 
+def _at_least(name: str, value: float, low: float, strict: bool = True) -> float:
+    if value is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
+    return value
+
+
 class FERPipeline:
     """Detect faces, cut eye-aligned square crops, classify every face of every frame in one call, track over time.
 
@@ -206,36 +238,43 @@ class FERPipeline:
         model: classifier — path to a .pt checkpoint or .onnx, an ultralytics YOLO object or an nn.Module;
             None loads weights/spayolo-n-fer2013.pt.
         detector: 'mtcnn', a YOLO/YuNet face model path, or a FaceDetector instance.
-        device: 'cpu', 'cuda', 'cuda:0', ...
+        device: 'cpu', 'cuda', 'cuda:0', ...; a device this machine lacks is refused.
         imgsz: classifier input size; default from the checkpoint's training args, else 64.
-        margin: fraction of the face box side added around it before cropping.
+        margin: fraction of the face box side added around it before cropping (>= 0).
         track: IoU tracking with probability smoothing; None = on for stream(), off for __call__.
         gray: feed grayscale replicated to 3 channels (the classifier was trained on grayscale FER images).
-        half: FP16 classifier on CUDA.
-        min_face: smallest face (pixels) MTCNN looks for. 40 by default: FER2013 faces are 48 px, and a smaller face
-            carries too little expression detail, while halving the size would cost about 3x the detection time.
+        half: FP16 classifier on CUDA (PyTorch backend).
+        min_face: smallest face (pixels) kept. 40 by default: FER2013 faces are 48 px, and a smaller face carries
+            too little expression detail, while halving the size would cost MTCNN about 3x the detection time.
         detect_every: with tracking, run the full detector on every n-th frame only and re-locate the tracked faces
             in the frames between (MTCNN: ONet alone); a new face then appears within n frames. 1 = every frame.
-        backend: 'torch', or 'onnx' to run MTCNN's nets and the classifier in ONNX Runtime (a .pt classifier is
-            exported in memory; CUDA provider when onnxruntime-gpu and a CUDA device are there, else CPU).
+        backend: 'onnx' (default) runs MTCNN's nets and the classifier in ONNX Runtime, about 2x faster on a CPU (a
+            .pt classifier is exported in memory; CUDA provider when onnxruntime-gpu and a CUDA device are there);
+            'torch' runs them in PyTorch.
+        tta: flip test-time augmentation, the class probabilities of each crop averaged with its mirror image's.
+        trusted: load a .pt classifier (or YOLO face detector) without the restricted allow-list; this runs any code
+            the file contains, so only for files you made or trust (see spayolo.checkpoints).
     """
 
     def __init__(self, model=None, detector="mtcnn", device="cpu", imgsz=None, margin=0.2, track=None, gray=True,
-                 half=False, min_face=40.0, detect_every=5, backend="torch"):
+                 half=False, min_face=40.0, detect_every=5, backend="onnx", tta=False, trusted=False):
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        self.device = torch.device(device)
-        self.classifier = _Classifier(model, self.device, half)  # first: a wrong model path fails before MTCNN loads
-        self.detector: FaceDetector = build_detector(detector, self.device, min_face, backend)
+        _at_least("min_face", min_face, 0)
+        _at_least("imgsz", imgsz, 0)
+        _at_least("margin", margin, 0, strict=False)
+        self.device = _device(device)
+        self.classifier = _Classifier(model, self.device, half, trusted)  # first: a bad model fails before MTCNN loads
+        self.detector: FaceDetector = build_detector(detector, self.device, min_face, backend, trusted)
         self.detect_every = int(detect_every)
         self.imgsz = int(imgsz or self.classifier.imgsz or 64)
         self.classifier.check_imgsz(self.imgsz)
         if backend == "onnx":
             self.classifier.use_onnx(self.imgsz)
         self.names = self.classifier.names
-        self.margin, self.track, self.gray = margin, track, gray
+        self.margin, self.track, self.gray, self.tta = margin, track, gray, tta
         self.tracker = IoUTracker()
         self.times = defaultdict(float)  # seconds spent per stage, for profiling
         self._previous: Detections | None = None  # last frame's faces, while tracking
@@ -254,20 +293,16 @@ class FERPipeline:
         return self.process([source], track=bool(self.track))[0]
 
     def stream(self, source):
-        """Yield (index, frame, faces) for a video file, camera index or URL; tracking on unless track=False."""
-        cap = cv2.VideoCapture(source)
-        if not cap.isOpened():
-            raise FileNotFoundError(f"cannot open video source: {source}")
-        try:
-            i = 0
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    return
-                yield i, frame, self.process([frame], track=self.track is not False)[0]
-                i += 1
-        finally:
-            cap.release()
+        """Yield (index, frame, faces) for a video file, camera index, URL, image or folder of images.
+
+        ``source`` may also be a spayolo.sources.FrameSource. Video frames are tracked unless track=False; the
+        images of a folder are not (they are unrelated). Raises SourceError when the source cannot be opened or
+        nothing in it decodes, and StreamError when a video or stream stops part-way (after the frames it gave).
+        """
+        source = source if isinstance(source, FrameSource) else open_source(source)
+        track = self.track is not False and source.sequential
+        for i, frame in enumerate(source):
+            yield i, frame, self.process([frame], track=track)[0]
 
     @staticmethod
     def _read(source) -> np.ndarray:
@@ -276,7 +311,7 @@ class FERPipeline:
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"image not found: {path}")
-            img = cv2.imread(str(path))
+            img = read_image(path)
             if img is None:
                 raise ValueError(f"cannot decode image {path}: corrupt, or not an image format OpenCV reads")
             return img
@@ -309,7 +344,7 @@ class FERPipeline:
         crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.imgsz, self.imgsz)
         sync()
         t2 = time.perf_counter()
-        probs = self.classifier(crops).cpu().numpy() if len(crops) else np.zeros((0, len(self.names or [])))
+        probs = self.classifier(crops, self.tta).cpu().numpy() if len(crops) else np.zeros((0, len(self.names or [])))
         t3 = time.perf_counter()
         self.times["detect"] += t1 - t0
         self.times["crop"] += t2 - t1
@@ -344,42 +379,5 @@ class FERPipeline:
         return dets
 
     def crop(self, frame: np.ndarray, det: Detections) -> torch.Tensor:
-        """Square crops (N,3,imgsz,imgsz) in 0-1, box side grown by margin, rotated so the eyes are level.
-
-        One affine_grid + grid_sample per frame does rotation, scaling and cropping on the pipeline's device; it
-        samples at up to 4x the output size and average-pools down so large faces are not aliased.
-        """
-        n, s = len(det), self.imgsz
-        if not n:
-            return torch.zeros(0, 3, s, s, device=self.device)
-        boxes = torch.as_tensor(det.boxes, dtype=torch.float32, device=self.device)
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        side = (boxes[:, 2:] - boxes[:, :2]).amax(1) * (1 + self.margin)
-        # only the frame region any crop can reach (a rotated square stays within side / sqrt(2) of its centre) is
-        # converted to float: the faces are a small part of a frame
-        reach = (side / math.sqrt(2))[:, None] + 2
-        x0, y0 = ((centre - reach).amin(0).floor().clamp(min=0)).int().tolist()
-        x1, y1 = (centre + reach).amax(0).ceil().int().tolist()
-        region = frame[y0:y1, x0:x1]
-        h, w = region.shape[:2]
-        centre = centre - centre.new_tensor([x0, y0])
-        angle = torch.zeros(n, device=self.device)
-        if det.landmarks is not None:
-            eyes = torch.as_tensor(det.landmarks[:, :2], dtype=torch.float32, device=self.device)
-            d = eyes[:, 1] - eyes[:, 0]
-            angle = torch.atan2(d[:, 1], d[:, 0])
-        cos, sin = angle.cos() * side / 2, angle.sin() * side / 2
-        # output (u, v) in [-1, 1] -> image point centre + R(angle) (side/2) (u, v) -> grid coords 2 p / size - 1
-        theta = torch.stack([torch.stack([cos * 2 / w, -sin * 2 / w, centre[:, 0] * 2 / w - 1], 1),
-                             torch.stack([sin * 2 / h, cos * 2 / h, centre[:, 1] * 2 / h - 1], 1)], 1)
-        k = int(min(4, max(1, math.ceil(float(side.max()) / s))))
-        grid = F.affine_grid(theta, [n, 3, s * k, s * k], align_corners=False)
-        img = torch.from_numpy(np.ascontiguousarray(region)).to(self.device)
-        img = img.flip(-1).permute(2, 0, 1)[None].float() / 255  # BGR HWC uint8 -> RGB 1CHW 0-1
-        grid = grid.reshape(1, n * s * k, s * k, 2)  # all faces of the frame in one sampling call
-        out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out = out.reshape(3, n, s * k, s * k).transpose(0, 1)
-        out = F.avg_pool2d(out, k) if k > 1 else out
-        if self.gray:
-            out = (out * out.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True).expand(-1, 3, -1, -1)
-        return out.contiguous()
+        """Square crops (N,3,imgsz,imgsz) in 0-1 of the faces in ``det``, eyes level (spayolo.face.align)."""
+        return aligned_crops(frame, det, self.imgsz, self.margin, self.gray, self.device)

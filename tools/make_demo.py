@@ -1,72 +1,8 @@
-"""Write a short 640x480 demo video (slow pan/zoom over face photos shipped with ultralytics and matplotlib).
+"""Write the built-in demo video: python tools/make_demo.py [--out ~/.cache/spayolo/demo.mp4] [--seconds 3.6]."""
 
-    python tools/make_demo.py [--out ~/.cache/spayolo/demo.mp4] [--seconds 3.6] [--fps 15]
-"""
+import sys
 
-from __future__ import annotations
-
-import argparse
-import importlib.util
-import os
-from pathlib import Path
-
-import cv2
-import numpy as np
-
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spayolo"
-DEMO = CACHE / "demo.mp4"
-
-
-def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package} not installed (needed for the demo photos)")
-    path = Path(next(iter(spec.submodule_search_locations)), *parts)
-    if not path.is_file():
-        raise FileNotFoundError(f"demo photo not found: {path}")
-    return path
-
-
-def demo_photos() -> list[tuple[Path, tuple[float, float, float, float]]]:
-    """Photos and the (x1, y1, x2, y2) region around their faces the camera pans across (zidane: Ancelotti/Zidane)."""
-    return [
-        (_package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"), (40, 40, 480, 420)),
-        (_package_file("ultralytics", "assets", "zidane.jpg"), (420, 40, 1180, 610)),
-        (_package_file("ultralytics", "assets", "bus.jpg"), (20, 300, 440, 615)),
-    ]
-
-
-def make_demo(out: str | Path = DEMO, seconds: float = 3.6, fps: int = 15, size: tuple[int, int] = (640, 480)) -> Path:
-    """Render the demo: one segment per photo, each a slow zoom-in with a sideways pan; returns the output path."""
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    w, h = size
-    photos = demo_photos()
-    per = max(1, round(seconds * fps / len(photos)))
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not writer.isOpened():
-        raise RuntimeError(f"cannot write video: {out}")
-    try:
-        for path, (x1, y1, x2, y2) in photos:
-            img = cv2.imread(str(path))
-            for i in range(per):
-                t = i / max(per - 1, 1)
-                zoom = 1 + 0.15 * t  # window shrinks by up to 15 %, keeping the output aspect ratio
-                cw = (x2 - x1) / zoom
-                ch = cw * h / w
-                cx = x1 + (x2 - x1) / 2 + (t - 0.5) * 0.1 * (x2 - x1)
-                cy = y1 + (y2 - y1) / 2
-                m = np.array([[w / cw, 0, w / 2 - cx * w / cw], [0, h / ch, h / 2 - cy * h / ch]], np.float32)
-                writer.write(cv2.warpAffine(img, m, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT))
-    finally:
-        writer.release()
-    return out
-
+from spayolo.apps.demo import DEMO, demo_photos, main, make_demo  # noqa: F401  tools/benchmark.py imports demo_photos
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEMO))
-    ap.add_argument("--seconds", type=float, default=3.6)
-    ap.add_argument("--fps", type=int, default=15)
-    a = ap.parse_args()
-    print(make_demo(a.out, a.seconds, a.fps))
+    sys.exit(main())

@@ -48,6 +48,12 @@ class FaceDetector:
         return self(images)
 
 
+def _at_least(det: Detections, min_face: float) -> Detections:
+    """The faces whose box is at least `min_face` pixels on its longer side."""
+    keep = (det.boxes[:, 2:] - det.boxes[:, :2]).max(1) >= min_face if len(det) else np.zeros(0, bool)
+    return Detections(det.boxes[keep], det.scores[keep], None if det.landmarks is None else det.landmarks[keep])
+
+
 def _existing(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -101,13 +107,17 @@ class MTCNNDetector(FaceDetector):
 
 
 class YOLOFaceDetector(FaceDetector):
-    """Any Ultralytics detect (or 5-keypoint pose) model, .pt or .onnx, whose boxes are faces."""
+    """Any Ultralytics detect (or 5-keypoint pose) model, .pt or .onnx, whose boxes are faces.
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.5, imgsz: int = 640):
-        from ultralytics import YOLO
+    A .pt model runs in PyTorch and a .onnx model in ONNX Runtime; faces smaller than `min_face` pixels are dropped.
+    """
 
-        self.model = YOLO(str(_existing(path, "YOLO face model")), task=None)
-        self.device, self.conf, self.imgsz = torch.device(device), conf, imgsz
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.5, imgsz: int = 640,
+                 min_face: float = 0.0, trusted: bool = False):
+        from spayolo.checkpoints import load_yolo
+
+        self.model = load_yolo(_existing(path, "YOLO face model"), trusted)
+        self.device, self.conf, self.imgsz, self.min_face = torch.device(device), conf, imgsz, min_face
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         results = self.model.predict(list(images), conf=self.conf, imgsz=self.imgsz, device=str(self.device), verbose=False)
@@ -115,17 +125,26 @@ class YOLOFaceDetector(FaceDetector):
         for r in results:
             kpts = getattr(r, "keypoints", None)
             lmk = kpts.xy.cpu().numpy() if kpts is not None and kpts.xy.shape[1] == 5 else None
-            out.append(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), lmk))
+            out.append(_at_least(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), lmk), self.min_face))
         return out
 
 
 class YuNetDetector(FaceDetector):
-    """OpenCV's YuNet (cv2.FaceDetectorYN) with a user-supplied face_detection_yunet .onnx; runs on CPU."""
+    """OpenCV's YuNet (cv2.FaceDetectorYN) with a user-supplied face_detection_yunet .onnx; runs in OpenCV on CPU.
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.6, nms: float = 0.3):
+    Faces smaller than `min_face` pixels are dropped.
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.6, nms: float = 0.3,
+                 min_face: float = 0.0):
         import cv2
 
-        self.detector = cv2.FaceDetectorYN.create(str(_existing(path, "YuNet model")), "", (320, 320), conf, nms, 5000)
+        path = _existing(path, "YuNet model")
+        try:
+            self.detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), conf, nms, 5000)
+        except cv2.error as error:
+            raise ValueError(f"{path} is not a YuNet ONNX model OpenCV can load") from error
+        self.min_face = min_face
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         out = []
@@ -137,16 +156,19 @@ class YuNetDetector(FaceDetector):
                 continue
             faces = faces.astype(np.float32)  # rows: x, y, w, h, 5 landmarks (x, y), score
             boxes = np.concatenate([faces[:, :2], faces[:, :2] + faces[:, 2:4]], 1)
-            out.append(Detections(boxes, faces[:, 14], faces[:, 4:14].reshape(-1, 5, 2)))
+            out.append(_at_least(Detections(boxes, faces[:, 14], faces[:, 4:14].reshape(-1, 5, 2)), self.min_face))
         return out
 
 
 def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device: str | torch.device = "cpu",
-                   min_face: float = 20.0, backend: str = "torch") -> FaceDetector:
+                   min_face: float = 20.0, backend: str = "torch", trusted: bool = False) -> FaceDetector:
     """'mtcnn', a detector instance, a *yunet*.onnx (YuNet) or any other .pt/.onnx (Ultralytics model).
 
-    `min_face` (pixels) is the smallest face MTCNN looks for; it sets the pyramid's first scale, hence its cost.
-    `backend` 'onnx' runs MTCNN's nets in ONNX Runtime (a YOLO .onnx or YuNet model always runs as ONNX).
+    `min_face` (pixels) is the smallest face kept: MTCNN starts its pyramid there (hence its cost), the YOLO and
+    YuNet detectors drop smaller boxes. `backend` 'onnx' runs MTCNN's nets in ONNX Runtime; a YOLO model runs in
+    the runtime its file is for, so a YOLO .pt with backend 'onnx' is refused rather than run in PyTorch unasked
+    (export it, or pass backend 'torch'); YuNet always runs in OpenCV. `trusted` loads a YOLO .pt without the
+    restricted allow-list (spayolo.checkpoints).
     """
     if isinstance(name_or_path, FaceDetector):
         return name_or_path
@@ -154,8 +176,13 @@ def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device: st
     if name.lower() == "mtcnn":
         return MTCNNDetector(device, min_face, backend=backend)
     path = Path(name)
-    if path.suffix.lower() not in {".pt", ".onnx"}:
+    suffix = path.suffix.lower()
+    if suffix not in {".pt", ".onnx"}:
         raise ValueError(f"unknown face detector {name!r}: use 'mtcnn', a YOLO .pt/.onnx or a YuNet .onnx path")
-    if path.suffix.lower() == ".onnx" and "yunet" in path.stem.lower():
-        return YuNetDetector(path, device)
-    return YOLOFaceDetector(path, device)
+    if suffix == ".onnx" and "yunet" in path.stem.lower():
+        return YuNetDetector(path, device, min_face=min_face)
+    if suffix == ".pt" and backend == "onnx":
+        _existing(path, "YOLO face model")
+        raise ValueError(f"face detector {path} is a PyTorch model but the backend is 'onnx': pass backend='torch' "
+                         f"(--backend torch), or export it (yolo export model={path} format=onnx) and pass the .onnx")
+    return YOLOFaceDetector(path, device, min_face=min_face, trusted=trusted)

@@ -1,0 +1,1 @@
+"""The applications behind the ``spayolo`` command: live, prepare, evaluate, kfold, cam (and the demo video)."""

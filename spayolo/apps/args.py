@@ -1,0 +1,69 @@
+"""Command-line arguments shared by the spayolo commands, with the library's defaults (FERPipeline's signature)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+__all__ = ("add_checkpoint_args", "add_pipeline_args", "non_negative_float", "pipeline_kwargs", "positive_float",
+           "positive_int")
+
+
+def _number(kind: type, name: str, ok):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {name}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, "a positive integer", lambda v: v > 0)
+positive_float = _number(float, "a positive number", lambda v: v > 0)
+non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
+
+
+def _defaults() -> dict:
+    from spayolo.pipeline import FERPipeline
+
+    return {k: p.default for k, p in inspect.signature(FERPipeline).parameters.items()}
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--trust-checkpoint: load .pt files without the restricted allow-list (spayolo.checkpoints)."""
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load .pt files with plain pickle; this runs any code in them: only for files you trust")
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    """The FERPipeline arguments, each defaulting to the value FERPipeline itself uses."""
+    d = _defaults()
+    parser.add_argument("--model", default=d["model"], help="classifier .pt/.onnx (default: the shipped spayolo-n)")
+    parser.add_argument("--detector", default=d["detector"], help="mtcnn, a YOLO face .pt/.onnx or a *yunet*.onnx")
+    parser.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default=d["backend"],
+                        help="run the face detector and the classifier in ONNX Runtime (about 2x faster on a CPU) "
+                             "or PyTorch")
+    parser.add_argument("--half", action="store_true", default=d["half"], help="FP16 classifier (CUDA, torch backend)")
+    parser.add_argument("--imgsz", type=positive_int, default=d["imgsz"],
+                        help="classifier input size (default: from the checkpoint)")
+    parser.add_argument("--min-face", type=positive_float, default=d["min_face"], help="smallest face kept, pixels")
+    parser.add_argument("--margin", type=non_negative_float, default=d["margin"],
+                        help="fraction of the face box added around it before cropping")
+    parser.add_argument("--detect-every", type=positive_int, default=d["detect_every"],
+                        help="video: full detection every n-th frame, tracked faces re-located in between")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=d["tta"],
+                        help="flip test-time augmentation: average each face's probabilities with its mirror image's")
+    add_checkpoint_args(parser)
+
+
+def pipeline_kwargs(args: argparse.Namespace) -> dict:
+    """FERPipeline keyword arguments from parsed add_pipeline_args arguments."""
+    return {"model": args.model, "detector": args.detector, "device": args.device, "backend": args.backend,
+            "half": args.half, "imgsz": args.imgsz, "min_face": args.min_face, "margin": args.margin,
+            "detect_every": args.detect_every, "tta": args.tta, "trusted": args.trust_checkpoint}

@@ -1,0 +1,123 @@
+"""Subject-independent k-fold cross-validation with the stock Ultralytics trainer (CK+, JAFFE, KDEF protocols).
+
+    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10 imgsz=64 batch=32 lr0=5e-4
+    spayolo kfold ckplus --folds 0,3 --epochs 10 imgsz=64
+
+Each fold trains on <root>/fold<k>/train and is scored on <root>/fold<k>/val with its *last* epoch's weights, at
+the size it was trained at: the val folds are the test data of the protocol, so picking the best epoch on them
+(Ultralytics' best.pt) would inflate the result. Prints per-fold top-1 and the mean +- standard deviation, and
+writes them to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Extra
+key=value arguments go to `YOLO.train` unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from spayolo.apps.args import add_checkpoint_args, positive_int
+from spayolo.checkpoints import load_yolo
+
+__all__ = ("fold_roots", "main", "parse_folds", "parse_overrides")
+
+
+def fold_roots(dataset: str) -> list[Path]:
+    """The fold folders of a prepared dataset: a dataset name (fold0 ... via its YAML) or a folder holding fold*/."""
+    from spayolo.data import dataset_cfg, resolve_dataset
+
+    if Path(dataset).is_dir():
+        folds = [p for p in Path(dataset).glob("fold*") if p.name[4:].isdigit() and (p / "train").is_dir()]
+        folds.sort(key=lambda p: int(p.name[4:]))
+        if not folds:
+            raise FileNotFoundError(f"{dataset} holds no fold<k>/train folders (make them with spayolo prepare)")
+        return folds
+    cfg = dataset_cfg(dataset)
+    if not cfg.get("folds"):
+        raise ValueError(f"{cfg['name']} has a fixed split, not folds: train on it with data={cfg['name']}.yaml")
+    return [Path(resolve_dataset(f"{cfg['name']}-fold{k}.yaml")) for k in range(cfg["folds"])]
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """key=value pairs for YOLO.train, parsed as the `yolo` CLI parses them; keys checked against its settings."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEFAULT_CFG_DICT:
+            raise ValueError(f"'{item}' is not a key=value Ultralytics training argument")
+        overrides[key] = smart_value(value)
+    return overrides
+
+
+def parse_folds(text: str | None, count: int) -> list[int]:
+    """'0,3' -> [0, 3]; None -> every fold. A fold the dataset lacks is an error, not an empty run."""
+    if text is None:
+        return list(range(count))
+    try:
+        folds = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise ValueError(f"--folds {text}: expected comma-separated fold indices, e.g. --folds 0,3") from None
+    wrong = [k for k in folds if not 0 <= k < count]
+    if wrong or not folds:
+        raise ValueError(f"--folds {text}: the dataset has folds 0-{count - 1}")
+    return folds
+
+
+def _write(out: Path, report: dict) -> None:
+    scores = list(report["top1_per_fold"].values())
+    report["top1_mean"] = statistics.fmean(scores) if scores else None
+    report["top1_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kfold.json").write_text(json.dumps(report, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="spayolo kfold", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="dataset name with folds (ckplus, jaffe, kdef) or a folder of fold<k>/")
+    parser.add_argument("--model", default="spayolo-n.yaml", help="YAML to train from scratch or .pt to fine-tune")
+    parser.add_argument("--epochs", type=positive_int, default=30)
+    parser.add_argument("--folds", default=None, help="only these fold indices, comma-separated (default: all)")
+    parser.add_argument("--project", default="runs/kfold")
+    parser.add_argument("--name", default=None, help="run name (default: <dataset>-<model stem>)")
+    add_checkpoint_args(parser)
+    args, rest = parser.parse_known_args(argv)
+    roots = fold_roots(args.dataset)
+    folds = parse_folds(args.folds, len(roots))
+    overrides = parse_overrides(rest)
+    load_yolo(args.model, args.trust_checkpoint)  # a bad model fails here, before any training
+
+    name = args.name or f"{Path(args.dataset).name}-{Path(args.model).stem}"
+    out = Path(args.project).resolve() / name
+    report = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "overrides": overrides,
+              "folds": folds, "complete": False, "top1_per_fold": {}, "imgsz_per_fold": {},
+              "weights": "last epoch of each fold"}
+    for k in folds:
+        root = roots[k]
+        try:
+            model = load_yolo(args.model, args.trust_checkpoint)
+            model.train(data=str(root), epochs=args.epochs, project=str(out), name=f"fold{k}", exist_ok=True,
+                        **overrides)
+            last = load_yolo(out / f"fold{k}" / "weights" / "last.pt")
+            imgsz = last.ckpt["train_args"]["imgsz"]  # the size this fold trained at
+            metrics = last.val(data=str(root), split="val", imgsz=imgsz, batch=overrides.get("batch", 32),
+                               device=overrides.get("device"), plots=False, project=str(out), name=f"fold{k}-val",
+                               exist_ok=True)
+        except Exception as error:  # keep the finished folds on record whatever stopped this one
+            report["failed"] = {k: f"{type(error).__name__}: {error}"}
+            _write(out, report)
+            print(f"spayolo kfold: fold {k} failed ({type(error).__name__}: {error}); finished folds are in "
+                  f"{out / 'kfold.json'}", file=sys.stderr)
+            return 1
+        report["top1_per_fold"][k], report["imgsz_per_fold"][k] = float(metrics.top1), imgsz
+        _write(out, report)
+        print(f"fold {k}: top-1 {metrics.top1:.4f} at imgsz {imgsz} ({root})")
+    report["complete"] = True
+    _write(out, report)
+    print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f} over {len(folds)} folds -> "
+          f"{out / 'kfold.json'}")
+    return 0

@@ -1,0 +1,117 @@
+"""Checkpoint loading for spayolo's entry points: restricted (weights-only) unpickling unless the file is trusted.
+
+A ``.pt`` file is a pickle, and a plain ``torch.load`` runs whatever code the pickle names. Stock Ultralytics loads
+that way unless ``ULTRALYTICS_SAFE_LOAD=1`` is set before it is imported; spayolo's pipeline and commands instead ask
+Ultralytics' restricted loader for every checkpoint, so only torch, Ultralytics and spayolo model classes can be
+rebuilt. ``trusted=True`` (``--trust-checkpoint``) restores the stock behaviour for files you made yourself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from torch import nn
+
+__all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loading")
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used: unreadable, refused by restricted loading, or not a model."""
+
+
+def _reason(error: Exception) -> str:
+    """Ultralytics' multi-line, emoji-decorated loader messages reduced to their first sentence."""
+    text = str(error).replace("ERROR ❌️ ", "").splitlines()
+    return (text[0] if text else type(error).__name__).strip()
+
+
+def _refusal(path: Path, error: Exception) -> CheckpointError:
+    if "outside the supported" in str(error):
+        return CheckpointError(f"{path} was refused by restricted loading: it references classes other than torch, "
+                               f"Ultralytics and spayolo models (pass trusted=True / --trust-checkpoint only if you "
+                               f"trust the file: loading it runs the code it contains)")
+    return CheckpointError(f"{path} is not a loadable checkpoint: {_reason(error)}")
+
+
+def _checked(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix.lower() != ".pt":
+        hint = " (a model YAML is untrained: train it first, then pass its best.pt)" if path.suffix in (".yaml", ".yml") else ""
+        raise CheckpointError(f"{path} is not a .pt checkpoint{hint}")
+    return path
+
+
+@contextlib.contextmanager
+def restricted_loading(trusted: bool = False):
+    """Inside the block, checkpoints Ultralytics loads itself (``YOLO(path)``) use the allow-list unless trusted.
+
+    Ultralytics reads ``ULTRALYTICS_SAFE_LOAD`` once, at import; its loader consults the resulting module flag on
+    every call, which is what this sets for the duration of the block.
+    """
+    from ultralytics.nn import tasks
+
+    previous = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = not trusted
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = previous
+
+
+def load_checkpoint(path: str | Path, trusted: bool = False) -> tuple[nn.Module, dict]:
+    """Load an Ultralytics ``.pt`` checkpoint as an FP32 eval-mode model, with its checkpoint dictionary.
+
+    Args:
+        path: the checkpoint file.
+        trusted: unpickle without the allow-list; this runs any code the file contains.
+
+    Returns:
+        (model, ckpt): the EMA weights if saved (else the model), with ``task`` and ``args`` attached as Ultralytics
+        attaches them, and the raw checkpoint dictionary.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a .pt file, unreadable, refused by restricted loading, or holding no model.
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.nn.tasks import ClassificationModel, guess_model_task, torch_safe_load
+
+    path = _checked(path)
+    try:
+        ckpt, _ = torch_safe_load(path, safe_only=not trusted)
+    except Exception as error:  # any failure to unpickle a user's file is a problem with that file
+        raise _refusal(path, error) from error
+    model = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{path} holds no model (keys: {', '.join(map(str, ckpt))})")
+    model = model.float().eval()
+    model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    # a ClassificationModel is a classifier whatever its head rows look like to Ultralytics' guess
+    model.task = "classify" if isinstance(model, ClassificationModel) else getattr(model, "task", None) or guess_model_task(model)
+    return model, ckpt
+
+
+def load_yolo(model: str | Path, trusted: bool = False, task: str | None = None):
+    """An ``ultralytics.YOLO`` for a YAML, ``.pt`` or ``.onnx`` file, its checkpoint loaded restricted unless trusted.
+
+    ``task`` as for ``YOLO``: needed for an ``.onnx`` file whose metadata Ultralytics cannot guess the task from.
+
+    Raises:
+        FileNotFoundError: a file path that does not exist.
+        CheckpointError: a checkpoint that cannot be loaded (one line naming the file).
+    """
+    from ultralytics import YOLO
+
+    suffix = Path(str(model)).suffix.lower()
+    if suffix in (".pt", ".onnx") and not Path(model).is_file():
+        raise FileNotFoundError(f"model file not found: {model}")
+    try:
+        with restricted_loading(trusted):
+            return YOLO(str(model), task=task)
+    except (FileNotFoundError, CheckpointError):
+        raise
+    except Exception as error:  # YOLO() reports damaged files in many exception types
+        raise _refusal(Path(model), error) from error

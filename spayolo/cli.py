@@ -1,0 +1,59 @@
+"""The ``spayolo`` command: ``spayolo live|prepare|evaluate|kfold|cam|benchmark [arguments]``.
+
+    spayolo live --source clip.mp4 --no-show
+    spayolo prepare fer2013 --csv fer2013.csv
+    spayolo evaluate --model weights/spayolo-n-fer2013.pt --data fer2013.yaml
+    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10 imgsz=64
+    spayolo cam --model best.pt --source faces/
+    spayolo benchmark --pipeline
+
+``spayolo <command> --help`` lists a command's arguments. A bad source, model, output or flag stops the command with
+one line naming it and exit status 2; Ctrl-C gives 130.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tarfile
+import zipfile
+
+__all__ = ("COMMANDS", "main")
+
+# command -> module whose main(argv) -> int runs it; imported only when its command is asked for
+COMMANDS = {
+    "live": "spayolo.apps.live",
+    "prepare": "spayolo.apps.prepare",
+    "evaluate": "spayolo.apps.evaluate",
+    "kfold": "spayolo.apps.kfold",
+    "cam": "spayolo.apps.cam",
+    "benchmark": "spayolo.benchmark",
+}
+# what a user's input can raise: a missing file, a value spayolo refuses (SourceError, CheckpointError, ...), an
+# optional runtime that is not installed, a damaged archive
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, ImportError, tarfile.TarError, zipfile.BadZipFile)
+
+
+def _usage() -> str:
+    return f"usage: spayolo {{{','.join(COMMANDS)}}} [arguments]   (spayolo <command> --help)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a spayolo command and return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__.strip() if argv else _usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"spayolo: unknown command {command!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(COMMANDS[command]).main(rest) or 0)
+    except USER_ERRORS as error:
+        message = str(error).strip() or type(error).__name__
+        print(f"spayolo {command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spayolo {command}: interrupted", file=sys.stderr)
+        return 130
