@@ -9,9 +9,13 @@ __all__ = ("FERPipeline", "__version__", "register")
 
 
 def register() -> None:
-    """Register spayolo's blocks, model names and optimizers with Ultralytics now (otherwise automatic)."""
-    from .registry import install
+    """Register spayolo's blocks, model names, dataset names and optimizers with Ultralytics now (otherwise automatic).
 
+    Needed only with ``SPAYOLO_AUTOLOAD=0``; raises UnsupportedUltralyticsError outside the supported range.
+    """
+    from .integration import install  # here, not at the top: ``import spayolo`` runs at every start, without torch
+
+    _autoload.enable()
     install()
 
 

@@ -1,10 +1,10 @@
 """Register spayolo with Ultralytics in every interpreter, without a user-side import.
 
-Imported by ``spayolo-autoload.pth`` at interpreter start, so it stays stdlib-only and cheap: it installs an
-import hook that registers spayolo's blocks right after ``ultralytics.nn.tasks`` executes. That covers the
-stock ``yolo`` CLI, Ultralytics' DDP child scripts and checkpoint reloads in new processes alike. The same hook
-teaches ``check_cls_dataset`` spayolo's dataset names in ``ultralytics.data.utils`` and in the trainer, validator and
-exporter, which import it by name, once each has executed (possibly after the parser, so after registration).
+Imported by ``spayolo-autoload.pth`` at interpreter start, so it stays stdlib-only and cheap: it installs an import
+hook that hands each watched Ultralytics module to :func:`spayolo.integration.patch` right after the module executes.
+``ultralytics.nn.tasks`` gets the parser and model-name patches; ``check_cls_dataset`` learns spayolo's dataset names
+in ``ultralytics.data.utils`` and in the trainer, validator and exporter, which import it by name. That covers the
+stock ``yolo`` CLI, Ultralytics' DDP child scripts and checkpoint reloads in new processes alike.
 """
 
 from __future__ import annotations
@@ -14,28 +14,20 @@ import importlib.machinery
 import os
 import sys
 
-_TARGET = "ultralytics.nn.tasks"
-DATASET_USERS = ("ultralytics.data.utils", "ultralytics.engine.trainer", "ultralytics.engine.validator",
-                 "ultralytics.engine.exporter")
+__all__ = ("WATCHED", "enable", "hook_imports")
+
+WATCHED = ("ultralytics.nn.tasks", "ultralytics.data.utils", "ultralytics.engine.trainer",
+           "ultralytics.engine.validator", "ultralytics.engine.exporter")
 
 
-def _register() -> None:
-    from spayolo.registry import install
+def _patch(module) -> None:
+    from spayolo.integration import patch  # here, not at the top: the .pth must not import torch at every start
 
-    install()
-
-
-def _after_exec(module) -> None:
-    if module.__name__ == _TARGET:
-        _register()
-    else:
-        from spayolo.registry import use_dataset_names
-
-        use_dataset_names(module)
+    patch(module)
 
 
-class _RegisterAfterExec(importlib.abc.Loader):
-    """Delegate to the real loader, then register spayolo once the module has executed."""
+class _PatchAfterExec(importlib.abc.Loader):
+    """Delegate to the real loader, then patch the module once it has executed; errors reach the importer."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -45,37 +37,33 @@ class _RegisterAfterExec(importlib.abc.Loader):
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        try:
-            _after_exec(module)
-        except ImportError as error:  # an unsupported Ultralytics must stay usable on its own
-            import warnings
-
-            warnings.warn(f"spayolo is not registered with Ultralytics: {error}", stacklevel=2)
+        _patch(module)
 
 
-class _TasksFinder(importlib.abc.MetaPathFinder):
-    """Find ``ultralytics.nn.tasks`` (and the dataset users) through the normal path machinery; wrap their loaders."""
+class _WatchedFinder(importlib.abc.MetaPathFinder):
+    """Find the watched modules through the normal path machinery and wrap their loaders."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _TARGET and fullname not in DATASET_USERS:
+        if fullname not in WATCHED:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _RegisterAfterExec(spec.loader)
+            spec.loader = _PatchAfterExec(spec.loader)
         return spec
 
 
 def hook_imports() -> None:
-    """Watch the imports of the modules above that are not loaded yet; idempotent."""
-    if not any(isinstance(finder, _TasksFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _TasksFinder())
+    """Watch the imports still to come; idempotent."""
+    if not any(isinstance(finder, _WatchedFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _WatchedFinder())
 
 
 def enable() -> None:
-    """Register now if Ultralytics' parser is loaded, and hook the imports still to come; idempotent."""
+    """Hook the imports still to come and patch the watched modules already imported, the parser first; idempotent."""
     hook_imports()
-    if _TARGET in sys.modules:
-        _register()
+    for name in WATCHED:
+        if name in sys.modules:
+            _patch(sys.modules[name])
 
 
 if os.environ.get("SPAYOLO_AUTOLOAD", "1") != "0":

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ("ULTRALYTICS_RANGE", "check_ultralytics")
+__all__ = ("ULTRALYTICS_RANGE", "UnsupportedUltralyticsError", "check_ultralytics")
 
-# spayolo wraps parse_model, yaml_model_load's helpers and BaseTrainer.build_optimizer; tests/test_internals.py
-# pins what it relies on. Widen the range only after those tests pass on the new release.
+# spayolo.integration lists the internals it patches and tests/test_registry.py pins them. Widen the range only after
+# those tests pass on the new release.
 ULTRALYTICS_RANGE = (8, 4, 190), (8, 5, 0)
 _RANGE_TEXT = "ultralytics>=8.4.190,<8.5"
+
+
+class UnsupportedUltralyticsError(ImportError):
+    """Ultralytics is missing or outside the supported range; the message names the range and the pip command."""
 
 
 def _parse(text: str) -> tuple[int, ...]:
@@ -17,15 +21,14 @@ def _parse(text: str) -> tuple[int, ...]:
 
 
 def check_ultralytics() -> str:
-    """Return the installed Ultralytics version, or raise ImportError naming the supported range."""
+    """Return the installed Ultralytics version, or raise UnsupportedUltralyticsError naming the supported range."""
     try:
         installed = version("ultralytics")
     except PackageNotFoundError as error:
-        raise ImportError(f"spayolo needs {_RANGE_TEXT}, and Ultralytics is not installed") from error
+        raise UnsupportedUltralyticsError(f"spayolo needs {_RANGE_TEXT}, and Ultralytics is not installed") from error
     low, high = ULTRALYTICS_RANGE
     if not low <= _parse(installed) < high:
-        raise ImportError(
-            f"spayolo supports {_RANGE_TEXT}, found ultralytics=={installed}: "
-            f"run `pip install '{_RANGE_TEXT}'`"
+        raise UnsupportedUltralyticsError(
+            f"spayolo supports {_RANGE_TEXT}, found ultralytics=={installed}: run `pip install '{_RANGE_TEXT}'`"
         )
     return installed

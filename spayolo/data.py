@@ -8,11 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from .registry import MODELS_DIR
+from .paths import DATASETS_CFG_DIR
 
 __all__ = ("DATASETS_CFG_DIR", "DatasetNotPreparedError", "dataset_cfg", "datasets_root", "resolve_dataset")
 
-DATASETS_CFG_DIR = MODELS_DIR.parent / "datasets"
 _FOLD_NAME = re.compile(r"^(?P<base>.+)-fold(?P<fold>\d+)$")
 
 
@@ -62,7 +61,7 @@ def resolve_dataset(data: str | Path) -> str | None:
 
     ``fer2013.yaml`` resolves to ``<root>/fer2013``; a k-fold dataset is named per fold, ``ckplus-fold3.yaml`` ->
     ``<root>/ckplus/fold3``. A YAML file on disk with a ``path:`` field works the same way. A known dataset that is
-    not prepared raises DatasetNotPreparedError with the exact tools/prepare_data.py command.
+    not prepared raises DatasetNotPreparedError with the exact ``spayolo prepare`` command.
     """
     found = _find(data)
     if found is None:
@@ -80,6 +79,6 @@ def resolve_dataset(data: str | Path) -> str | None:
     target = root / f"fold{fold}" if fold is not None else root
     if (target / "train").is_dir():
         return str(target)
-    command = f"python tools/prepare_data.py {name} {cfg.get('prepare', '--images <folder>')} --out {root}"
+    command = f"spayolo prepare {name} {cfg.get('prepare', '--images <folder>')} --out {root}"
     raise DatasetNotPreparedError(f"Dataset '{data}' is not prepared: {target} has no train/ folder. "
                                   f"Prepare it from its raw release ({file}) with:\n  {command}")

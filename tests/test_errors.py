@@ -23,7 +23,7 @@ def build(path: str):
 
 
 def test_unknown_module_names_file_layer_and_module(tmp_path):
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     path = write_model(tmp_path, {7: [-1, 1, "SPAMM", []]})
     with pytest.raises(ModelConfigError, match=r"broken\.yaml: layer 7: unknown module 'SPAMM'.*SPAM"):
@@ -31,7 +31,7 @@ def test_unknown_module_names_file_layer_and_module(tmp_path):
 
 
 def test_wrong_block_arguments(tmp_path):
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     path = write_model(tmp_path, {7: [-1, 1, "SPAM", ["gate", True, True, "extra"]]})
     with pytest.raises(ModelConfigError, match=r"broken\.yaml: layer 7 \(SPAM\): cannot build SPAM\(c1"):
@@ -39,7 +39,7 @@ def test_wrong_block_arguments(tmp_path):
 
 
 def test_wrong_stock_arguments(tmp_path):
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     path = write_model(tmp_path, {5: [-1, 1, "Conv", [512, 3, 2, None, 1, 1, True, "bad", "args"]]})
     with pytest.raises(ModelConfigError, match=r"broken\.yaml: layer 5 \(Conv\)"):
@@ -47,7 +47,7 @@ def test_wrong_stock_arguments(tmp_path):
 
 
 def test_from_index_out_of_range(tmp_path):
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     path = write_model(tmp_path, {7: [12, 1, "SPAM", []]})
     with pytest.raises(ModelConfigError, match=r"layer 7 \(SPAM\): 'from' 12 points at no earlier layer"):
@@ -56,7 +56,7 @@ def test_from_index_out_of_range(tmp_path):
 
 def test_wrong_channel_count_is_named(tmp_path):
     """SPAM fed two inputs of different widths cannot keep its width: the error names layer, block and widths."""
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     path = write_model(tmp_path, {7: [[-1, 4], 1, "SPAM", []]})
     with pytest.raises(ModelConfigError, match=r"broken\.yaml: layer 7 \(SPAM\): cannot build SPAM.*\[\[512, 256\], 512\]"):
@@ -64,7 +64,7 @@ def test_wrong_channel_count_is_named(tmp_path):
 
 
 def test_unknown_scale(tmp_path):
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     d = yaml.safe_load((REPO / "cfg" / "models" / "spayolo.yaml").read_text())
     d["scale"] = "q"

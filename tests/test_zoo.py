@@ -319,7 +319,7 @@ def test_yaml_builds_every_scale(base, no_flops):
 def test_lanmsff_paper_widths_kept_exactly(no_flops, tmp_path):
     from ultralytics import YOLO
 
-    from spayolo.registry import ModelConfigError
+    from spayolo.parser import ModelConfigError
 
     model = YOLO("lanmsff.yaml").model  # channel_divisor: 1, so no rounding up to multiples of 8
     widths = []

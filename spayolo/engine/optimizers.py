@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from .adan import Adan
+
 __all__ = ("EXTRA_OPTIMIZERS", "install_optimizers")
 
 
 def _adan(param_groups, lr, momentum):
-    from .adan import Adan
-
     # Keep the stock grouping and per-group weight decay; only the update rule changes.
     groups = [{k: v for k, v in g.items() if k != "betas"} for g in param_groups]
     return Adan(groups, lr=lr)

@@ -1,23 +1,47 @@
-"""Pieces shared by several papers' blocks: the squeeze-excitation gate and channel shuffle."""
+"""Pieces shared by several papers' blocks: the squeeze-excitation gate, channel shuffle, width check, head output."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ("SEGate", "channel_shuffle", "classify_output")
+from spayolo.registry import register_layer
+
+__all__ = ("SEGate", "channel_shuffle", "classify_output", "same_width")
 
 
+def same_width(block: str, c1: int, c2: int | None) -> int:
+    """Return ``c1`` for a block whose residual or gating keeps its width; ValueError naming the block if ``c2`` differs.
+
+    ``c2=None`` (the block built by hand, outside a YAML) means "same as ``c1``".
+    """
+    if c2 is not None and c2 != c1:
+        raise ValueError(f"{block} keeps its width (residual or gate): c1={c1} and c2={c2} must match")
+    return c1
+
+
+@register_layer
 class SEGate(nn.Module):
-    """Squeeze-excitation weights sigma(W2 relu(W1 GAP(x))) (Hu et al., CVPR 2018, eq. 2-3), shape (B, C, 1, 1)."""
+    """Squeeze-excitation weights sigma(W2 relu(W1 GAP(x))) (Hu et al., CVPR 2018, eq. 2-3), shape (B, c2, 1, 1).
 
-    def __init__(self, c: int, r: int = 16, min_hidden: int = 8):
+    Args:
+        c1 (int): Channels of the input that is pooled.
+        c2 (int | None): Channels of the weights (the tensor they scale); ``c1`` when None, as in SE itself.
+        r (int): Reduction ratio of the hidden layer.
+        min_hidden (int): Smallest hidden width.
+
+    Examples:
+        >>> SEGate(64)(torch.randn(2, 64, 7, 7)).shape
+        torch.Size([2, 64, 1, 1])
+    """
+
+    def __init__(self, c1: int, c2: int | None = None, r: int = 16, min_hidden: int = 8):
         super().__init__()
-        hidden = max(c // r, min_hidden)
+        hidden = max(c1 // r, min_hidden)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(c, hidden, 1)
+        self.fc1 = nn.Conv2d(c1, hidden, 1)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, c, 1)
+        self.fc2 = nn.Conv2d(hidden, c2 or c1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.pool(x)))).sigmoid()
@@ -32,11 +56,12 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 def classify_output(head: nn.Module, logits: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Ultralytics' ``Classify`` contract for spayolo heads: logits in training, (probs, logits) in eval, probs exported.
 
-    Ultralytics' exporter flags only its own ``Classify`` (``export = True``), so a trace or ONNX export also counts as
-    exporting here: exported spayolo heads then give the single probability output Ultralytics' runtimes expect.
+    Ultralytics' exporter switches only its own ``Classify`` to export mode, so spayolo heads ask torch instead: under
+    ONNX export, tracing (TorchScript, CoreML, OpenVINO) or ``torch.export`` they give the single probability output
+    Ultralytics' runtimes expect.
     """
     if head.training:
         return logits
     probs = logits.softmax(1)
-    exporting = head.export or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting()
     return probs if exporting else (probs, logits)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv, DWConv
 
-from spayolo.registry import register_block
+from spayolo.registry import register_block, register_layer
 
-from .common import channel_shuffle
+from .common import channel_shuffle, same_width
 from .scan import selective_scan
 
 __all__ = ("ASFR", "ASR", "SS2D", "ConvSSM", "cross_merge", "cross_scan")
@@ -35,6 +35,7 @@ def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return y if k == 2 else y + ys[:, 1].reshape(b, c, w, h).transpose(2, 3)
 
 
+@register_layer
 class SS2D(nn.Module):
     """2-D selective scan (VMamba SS2D): in-proj, depthwise conv, cross scan, S6 (Mamba eq. 2a-2b), cross merge, gate.
 
@@ -108,8 +109,8 @@ class ConvSSM(nn.Module):
 
     def __init__(self, c1: int, c2: int, scan: bool = True, d_state: int = 16):
         super().__init__()
-        if c1 != c2 or c1 % 2:
-            raise ValueError(f"ConvSSM keeps an even width (split + residual): got c1={c1}, c2={c2}")
+        if same_width("ConvSSM", c1, c2) % 2:
+            raise ValueError(f"ConvSSM splits its input in two halves: c1={c1} must be even")
         c = c1 // 2
         self.conv = nn.Sequential(DWConv(c, c, 3), Conv(c, c, 1))
         self.ssm = SS2D(c, d_state) if scan else nn.Identity()
@@ -119,6 +120,7 @@ class ConvSSM(nn.Module):
         return x + channel_shuffle(torch.cat([self.conv(a), self.ssm(b)], 1), 2)
 
 
+@register_layer
 class ASR(nn.Module):
     """Adaptive state-space refinement of one pyramid level: 1x1 + depthwise 3x3 Conv, then y + SS2D(y) gated by sigmoid.
 
@@ -158,8 +160,7 @@ class ASFR(nn.Module):
 
     def __init__(self, c1: int, c2: int, scales: tuple[int, ...] = (1, 2, 4), e: float = 0.25, d_state: int = 4):
         super().__init__()
-        if c1 != c2:
-            raise ValueError(f"ASFR keeps its width (residual): c1={c1} and c2={c2} must match")
+        same_width("ASFR", c1, c2)
         c_ = max(int(c1 * e), 8)
         self.scales = tuple(scales)
         self.levels = nn.ModuleList(ASR(c1, c_, d_state) for _ in self.scales)

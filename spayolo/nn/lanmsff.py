@@ -12,7 +12,7 @@ from ultralytics.nn.modules import Conv
 
 from spayolo.registry import register_block
 
-from .common import classify_output, channel_shuffle
+from .common import SEGate, channel_shuffle, classify_output, same_width
 
 __all__ = ("LANMSFFBlock", "LANMSFFHead", "MassAtt", "PWFS")
 
@@ -21,20 +21,24 @@ __all__ = ("LANMSFFBlock", "LANMSFFHead", "MassAtt", "PWFS")
 class MassAtt(nn.Module):
     """Mass attention Y = X * A_c * A_s (LANMSFF eq. 3-4): a dense channel gate times an encoder-decoder spatial map.
 
-    Channel path: GAP -> Linear(C, C/4) + ReLU -> Linear(C/4, C) + sigmoid. Spatial path: the channel mean goes through
-    two 3x3 stride-2 convs (1 -> 2 -> 4 channels, ReLU) and two 3x3 stride-2 transposed convs (4 -> 4 -> 1, ReLU then
-    sigmoid). Each transposed conv is given the size of the map it mirrors, so odd sizes (7x7, 13x13) come back to
-    exactly H x W with no crop or interpolation.
+    Channel path: an :class:`SEGate` with reduction 4, GAP -> FC(C, C/4) + ReLU -> FC(C/4, C) + sigmoid. Spatial path:
+    the channel mean goes through two 3x3 stride-2 convs (1 -> 2 -> 4 channels, ReLU) and two 3x3 stride-2 transposed
+    convs (4 -> 4 -> 1, ReLU then sigmoid). Each transposed conv is given the size of the map it mirrors, so odd sizes
+    (7x7, 13x13) come back to exactly H x W with no crop or interpolation.
+
+    Args:
+        c1 (int): Input channels.
+        c2 (int | None): Output channels; must equal ``c1`` (None means ``c1``).
+        r (int): Reduction ratio of the channel gate.
+
+    Examples:
+        >>> MassAtt(16)(torch.randn(2, 16, 7, 7)).shape
+        torch.Size([2, 16, 7, 7])
     """
 
     def __init__(self, c1: int, c2: int | None = None, r: int = 4):
         super().__init__()
-        if c2 is not None and c2 != c1:
-            raise ValueError(f"MassAtt keeps its width: c1={c1} and c2={c2} must match")
-        hidden = max(c1 // r, 1)
-        self.channel = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c1, hidden), nn.ReLU(), nn.Linear(hidden, c1), nn.Sigmoid()
-        )
+        self.channel = SEGate(same_width("MassAtt", c1, c2), r=r, min_hidden=1)
         self.down1 = nn.Conv2d(1, 2, 3, 2, 1)
         self.down2 = nn.Conv2d(2, 4, 3, 2, 1)
         self.up1 = nn.ConvTranspose2d(4, 4, 3, 2, 1)
@@ -42,7 +46,7 @@ class MassAtt(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_c = self.channel(x)[..., None, None]
+        a_c = self.channel(x)
         s0 = x.mean(1, keepdim=True)
         s1 = self.act(self.down1(s0))
         s2 = self.act(self.down2(s1))
@@ -62,6 +66,14 @@ class PWFS(nn.Module):
     Output channel j takes x[j], x[j + g], x[j + 2g] with g = ceil(C / 3), so C -> ceil(C / 3) and there are no
     parameters. When C is not divisible by 3 the last group is short; its missing members repeat the middle group's
     value at the same position, so max and min run over the members that exist. C < 3 is rejected.
+
+    Args:
+        c1 (int): Input channels, at least 3.
+        c2 (int | None): Output channels; must be ``ceil(c1 / 3)`` (None means that).
+
+    Examples:
+        >>> PWFS(9)(torch.randn(2, 9, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
     """
 
     def __init__(self, c1: int, c2: int | None = None):
@@ -89,6 +101,15 @@ class LANMSFFBlock(nn.Module):
     features, so each path mixes receptive fields 3/5/7 and 5/9/13 across the steps. MassAtt weights the c1-channel
     result and a 1x1 conv maps c1 -> c2. Convs are Ultralytics ``Conv`` (BN + SiLU); stride is 1 (downsample outside).
     ``massatt=False`` is the paper's ablation without MassAtt (Table XII).
+
+    Args:
+        c1 (int): Input channels, even (split into two paths).
+        c2 (int): Output channels of the final 1x1 conv.
+        massatt (bool): Keep MassAtt.
+
+    Examples:
+        >>> LANMSFFBlock(16, 24)(torch.randn(2, 16, 7, 7)).shape
+        torch.Size([2, 24, 7, 7])
     """
 
     def __init__(self, c1: int, c2: int, massatt: bool = True):
@@ -114,10 +135,20 @@ class LANMSFFHead(nn.Module):
 
     ``c1`` lists the input widths, the last being the final stage. Each earlier stage is reduced by PWFS before global
     average pooling (C -> ceil(C/3)); ``pwfs=False`` pools the full maps instead (the ablation of Table XII). Behaves
-    like Ultralytics' ``Classify``: logits in training, (probs, logits) in eval, probs when ``export``.
-    """
+    like Ultralytics' ``Classify``: logits in training, (probs, logits) in eval, probs when exported.
 
-    export = False
+    Args:
+        c1 (list[int]): Widths of the inputs, earlier stages first, the final stage last.
+        c2 (int): Number of classes.
+        pwfs (bool): Reduce the earlier stages with PWFS before pooling.
+        dropout (float): Dropout before the linear layer.
+
+    Examples:
+        >>> head = LANMSFFHead([9, 8, 16], 7).eval()
+        >>> probs, logits = head([torch.randn(2, 9, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)])
+        >>> probs.shape
+        torch.Size([2, 7])
+    """
 
     def __init__(self, c1: list[int], c2: int, pwfs: bool = True, dropout: float = 0.0):
         super().__init__()

@@ -10,16 +10,27 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
 
-from spayolo.registry import register_block
+from spayolo.registry import register_block, register_layer
+
+from .common import same_width
 
 __all__ = ("BFEU", "FFM", "MSFFModule")
 
 
+@register_layer
 class BFEU(nn.Module):
     """Basic feature-extraction unit (MSFF eq. 2-4): ReLU(3x3) and ReLU(5x5) branches, concatenated, 1x1 back to C.
 
     Each branch is ``int(c * e)`` wide: e = 1 is the paper; YOLO-scale models use less, since a full-width 5x5 costs
     25 C^2. Convs carry BN (Ultralytics ``Conv``); the 1x1 has no activation because the module's residual follows.
+
+    Args:
+        c (int): Input and output channels.
+        e (float): Branch width as a fraction of ``c``.
+
+    Examples:
+        >>> BFEU(8)(torch.randn(2, 8, 5, 5)).shape
+        torch.Size([2, 8, 5, 5])
     """
 
     def __init__(self, c: int, e: float = 1.0):
@@ -39,29 +50,42 @@ class MSFFModule(nn.Module):
 
     ``n`` (m in the paper) is the YAML repeat count, scaled by the model depth like ``C2f``'s; ``e`` is the BFEU
     branch width as a fraction of C (1 in the paper).
+
+    Args:
+        c1 (int): Input channels.
+        c2 (int): Output channels; must equal ``c1`` because of the residual.
+        n (int): Number of cascaded BFEUs.
+        e (float): BFEU branch width as a fraction of ``c1``.
+
+    Examples:
+        >>> MSFFModule(8, 8, 2)(torch.randn(2, 8, 5, 5)).shape
+        torch.Size([2, 8, 5, 5])
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, e: float = 1.0):
         super().__init__()
-        if c1 != c2:
-            raise ValueError(f"MSFFModule keeps its width (residual): c1={c1} and c2={c2} must match")
+        same_width("MSFFModule", c1, c2)
         self.m = nn.Sequential(*(BFEU(c1, e) for _ in range(n)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.m(x)
 
 
-def _first_width(c1: list[int]) -> int:
-    return c1[0]
-
-
-@register_block(_first_width)
+@register_block("same")
 class FFM(nn.Module):
     """Feature fusion module (MSFF eq. 5): G = sigmoid(w1 F1 + w2 F2 + conv1x1([F1, F2])), scalar w1, w2 learned.
 
     Application (the paper gives only G): the gate blends the branches per element, out = G * F1 + (1 - G) * F2, so the
     output keeps F1's width and size and each position chooses its scale. ``from`` is [F1, F2]; both must already
     share shape (down/up-sample the other branch in the YAML). w1 = w2 = 0.5 initially.
+
+    Args:
+        c1 (list[int]): Widths of F1 and F2, equal.
+        c2 (int): Output channels; must equal that width.
+
+    Examples:
+        >>> FFM([8, 8], 8)([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)]).shape
+        torch.Size([2, 8, 4, 4])
     """
 
     def __init__(self, c1: list[int], c2: int):

@@ -9,19 +9,24 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv, DWConv
 
-from spayolo.registry import register_block
+from spayolo.registry import register_block, register_layer
 
-from .common import SEGate
+from .common import SEGate, same_width
 
 __all__ = ("FEP", "GAM", "HRM", "SPAM", "real_dft2")
 
 
 @lru_cache(maxsize=64)
 def _dft_basis(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine and sine DFT matrices of size n, built in float64 so the phase is exact before the cast."""
-    k = torch.arange(n, dtype=torch.float64)
-    phase = 2 * math.pi * torch.outer(k, k).remainder(n) / n
-    return phase.cos().to(device, dtype), phase.sin().to(device, dtype)
+    """Cosine and sine DFT matrices of size n, built in float64 so the phase is exact before the cast.
+
+    Built outside inference mode even when first asked for by a prediction: the cache outlives that call, and an
+    inference tensor could never be saved for backward by a later training step.
+    """
+    with torch.inference_mode(False):
+        k = torch.arange(n, dtype=torch.float64)
+        phase = 2 * math.pi * torch.outer(k, k).remainder(n) / n
+        return phase.cos().to(device, dtype), phase.sin().to(device, dtype)
 
 
 def real_dft2(x: torch.Tensor) -> torch.Tensor:
@@ -36,6 +41,7 @@ def real_dft2(x: torch.Tensor) -> torch.Tensor:
     return (cos_h @ x @ cos_w - sin_h @ x @ sin_w) / math.sqrt(h * w)
 
 
+@register_layer
 class HRM(nn.Module):
     """Hierarchical receptive-field module: 1/3/5/7 branches, weighted sums into Q and K (SPAYOLO eq. 1-2).
 
@@ -68,18 +74,20 @@ class HRM(nn.Module):
         return q, k
 
 
+@register_layer
 class FEP(nn.Module):
     """Frequency-enhanced path: Re(FFT2) (eq. 3), channel scale/bias, SE weights (eq. 4, 6), 1x1 (eq. 5), reweight (eq. 7).
 
     The spectrum is ortho-normalised so its magnitude does not grow with the map size, and the 1x1 compression is a
-    Conv (BN + SiLU) so that the DC term, which dominates the real spectrum, is normalised before it meets Q.
+    Conv (BN + SiLU) so that the DC term, which dominates the real spectrum, is normalised before it meets Q. The SE
+    weights are computed from the c1-channel spectrum and scale the c2-channel compression.
     """
 
     def __init__(self, c1: int, c2: int, r: int = 16):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(1, c1, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, c1, 1, 1))
-        self.attention = SEGate(c1, r)
+        self.attention = SEGate(c1, c2, r)
         self.compress = Conv(c1, c2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +95,7 @@ class FEP(nn.Module):
         return self.compress(z) * self.attention(z)
 
 
+@register_layer
 class GAM(nn.Module):
     """Gated attention: A = sigmoid(Q * V) (eq. 8), g = sigmoid(W2 relu(W1 GAP(V))) (eq. 9), out = (A * V) g + X (eq. 10).
 
@@ -99,7 +108,7 @@ class GAM(nn.Module):
         if attention not in ("gate", "spatial"):
             raise ValueError(f"GAM attention must be 'gate' or 'spatial', got {attention!r}")
         self.attention = attention
-        self.global_gate = SEGate(c2, r)
+        self.global_gate = SEGate(same_width("GAM", c1, c2), r=r)  # out = ... + X: V and X share the width
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.attention == "gate":
@@ -137,8 +146,7 @@ class SPAM(nn.Module):
 
     def __init__(self, c1: int, c2: int, attention: str = "gate", frequency: bool = True, multiscale: bool = True):
         super().__init__()
-        if c1 != c2:
-            raise ValueError(f"SPAM keeps its width (residual): c1={c1} and c2={c2} must match")
+        same_width("SPAM", c1, c2)
         self.hrm = HRM(c1, c2, multiscale)
         self.fep = FEP(c1, c2) if frequency else None
         self.gam = GAM(c2, c2, attention)

@@ -13,7 +13,7 @@ from ultralytics.nn.modules import Conv
 
 from spayolo.registry import register_block
 
-from .common import classify_output
+from .common import classify_output, same_width
 
 __all__ = ("MF", "WA", "CapsuleHead", "squash")
 
@@ -32,12 +32,19 @@ class WA(nn.Module):
     along channels ([avg, max], 2C) and mapped by one 1x1 conv shared by both directions to C channels with a sigmoid,
     giving g_h (B, C, H, 1) and g_w (B, C, 1, W). The weight is their outer product g_h * g_w (B, C, H, W), a
     per-pixel, per-channel weight, and the output is x * g_h * g_w.
+
+    Args:
+        c1 (int): Input channels.
+        c2 (int | None): Output channels; must equal ``c1`` (None means ``c1``).
+
+    Examples:
+        >>> WA(8)(torch.randn(2, 8, 5, 7)).shape
+        torch.Size([2, 8, 5, 7])
     """
 
     def __init__(self, c1: int, c2: int | None = None):
         super().__init__()
-        if c2 is not None and c2 != c1:
-            raise ValueError(f"WA keeps its width: c1={c1} and c2={c2} must match")
+        same_width("WA", c1, c2)
         self.mix = nn.Conv2d(2 * c1, c1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,17 +53,23 @@ class WA(nn.Module):
         return x * self.mix(along_w).sigmoid() * self.mix(along_h).sigmoid()
 
 
-def _first_width(c1: list[int]) -> int:
-    return c1[0]
-
-
-@register_block(_first_width)
+@register_block("same")
 class MF(nn.Module):
     """Multi-scale fusion (WAMF, MF module): a stage's input, convolved with a k x k kernel, fused into its output.
 
     ``from`` is [stage output, stage input]. The input branch is a k x k ``Conv`` with stride ``s`` (the stage's
     downsampling, so sizes match) to the output's width; the two are concatenated and a 1x1 ``Conv`` restores the
     output's width, so MF keeps the stage output's channels and size. The paper uses k = 7, 5, 3 in successive stages.
+
+    Args:
+        c1 (list[int]): Widths of the stage output and the stage input.
+        c2 (int): Output channels (the stage output's width in the YAMLs).
+        k (int): Kernel of the input branch.
+        s (int): Stride of the input branch: the stage's downsampling.
+
+    Examples:
+        >>> MF([16, 8], 16, 7, 2)([torch.randn(2, 16, 4, 4), torch.randn(2, 8, 7, 7)]).shape
+        torch.Size([2, 16, 4, 4])
     """
 
     def __init__(self, c1: list[int], c2: int, k: int = 3, s: int = 2):
@@ -83,11 +96,21 @@ class CapsuleHead(nn.Module):
     (3) rounds of softmax-over-classes coupling, squash and agreement update. Scores: the class-capsule lengths lie in
     [0, 1), so the logits are ``scale * length`` with a learned ``scale`` (initial 10) and the head is trained with
     Ultralytics' cross-entropy instead of the margin loss; softmax and top-1/top-5 then rank classes by capsule length.
-    Behaves like ``Classify``: logits in training, (probs, logits) in eval, probs when ``export``. There is no
+    Behaves like ``Classify``: logits in training, (probs, logits) in eval, probs when exported. There is no
     ``linear`` layer, so changing ``nc`` needs a rebuild from the YAML.
-    """
 
-    export = False
+    Args:
+        c1 (int): Input channels.
+        c2 (int): Number of classes.
+        types (int): Primary capsule types per position.
+        dim (int): Primary capsule length.
+        out_dim (int): Class capsule length.
+        iters (int): Routing rounds.
+
+    Examples:
+        >>> CapsuleHead(16, 7, types=4).train()(torch.randn(2, 16, 3, 3)).shape
+        torch.Size([2, 7])
+    """
 
     def __init__(self, c1: int, c2: int, types: int = 32, dim: int = 8, out_dim: int = 16, iters: int = 3):
         super().__init__()
