@@ -27,7 +27,9 @@ def _reason(error: Exception) -> str:
 
 
 def _refusal(path: Path, error: Exception) -> CheckpointError:
-    if "outside the supported" in str(error):
+    """A refused class (the allow-list at work) told apart from a damaged file, which fails to unpickle as well."""
+    cause = error.__cause__ or error
+    if "Unsupported global" in str(cause):
         return CheckpointError(f"{path} was refused by restricted loading: it references classes other than torch, "
                                f"Ultralytics and spayolo models (pass trusted=True / --trust-checkpoint only if you "
                                f"trust the file: loading it runs the code it contains)")

@@ -1,11 +1,14 @@
-"""Shared fixtures: offline Ultralytics, a tiny real-image dataset, and a helper to run the stock CLI."""
+"""Shared fixtures: offline Ultralytics, a tiny real-image dataset, models built once, and a helper to run the CLI."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -46,3 +49,101 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
 
 def yolo_cli() -> str:
     return str(Path(sys.executable).parent / "yolo")
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name: str, nc: int | None, meta: bool):
+    import torch
+    from ultralytics.nn.tasks import ClassificationModel
+
+    # info() profiles GFLOPs at 640 px on every build (2-10 s for FERMam); the tests that check FLOPs ask for them.
+    with mock.patch.object(ClassificationModel, "info"), torch.device("meta" if meta else "cpu"):
+        return ClassificationModel(name, nc=nc, verbose=False)
+
+
+def onnx_run(model, *inputs) -> np.ndarray:
+    """Export ``model`` in memory (opset 17, TorchScript exporter), run it in ONNX Runtime and return its one output."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    buffer, names = io.BytesIO(), [f"x{i}" for i in range(len(inputs))]
+    torch.onnx.export(model, inputs, buffer, opset_version=17, dynamo=False, input_names=names)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+    return out
+
+
+def build_model(name: str, nc: int | None = None, meta: bool = False, cache: bool = True):
+    """A fresh copy of the ClassificationModel that a model YAML name builds, built once per session.
+
+    ``meta=True`` builds on the meta device: structure and parameter counts only, no memory and no initialisation.
+    ``cache=False`` builds without keeping the model, for large ones that only one test uses.
+    """
+    return copy.deepcopy(_built(name, nc, meta)) if cache else _built.__wrapped__(name, nc, meta)
+
+
+# --- face photos, videos and a tiny classifier for the pipeline and tools tests ---
+
+# face boxes (x1, y1, x2, y2) annotated by eye on the images shipped in packages, forehead to chin
+PHOTOS = {
+    ("ultralytics", "assets", "zidane.jpg"): [(556, 258, 672, 436), (930, 100, 1050, 272)],
+    ("ultralytics", "assets", "bus.jpg"): [(115, 418, 155, 468), (270, 423, 306, 472)],
+    ("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"): [(175, 118, 355, 335)],
+}
+FER_NAMES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A file inside an installed package, found without importing it."""
+    import importlib.util
+
+    return Path(next(iter(importlib.util.find_spec(package).submodule_search_locations)), *parts)
+
+
+def small_hopper(w: int = 256, h: int = 300) -> np.ndarray:
+    """Grace Hopper's portrait (one face) resized to w x h, BGR."""
+    import cv2
+
+    return cv2.resize(cv2.imread(str(package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"))), (w, h))
+
+
+def write_video(path: Path, n: int = 3, size: tuple[int, int] = (160, 120)) -> Path:
+    """An mp4 of n frames of the portrait panning sideways."""
+    import cv2
+
+    img = small_hopper(*size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for k in range(n):
+        writer.write(np.roll(img, 3 * k, axis=1))
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    """Frames OpenCV decodes from a video file (0 for an unplayable one)."""
+    import cv2
+
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """An untrained spayolo-n classifier in Ultralytics' checkpoint format, 7 FER classes, trained-args imgsz 32."""
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO("spayolo-n.yaml").model
+    model.names = dict(enumerate(FER_NAMES))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, path)
+    return path

@@ -1,10 +1,8 @@
-"""FERPipeline on real photos with a tiny untrained classifier, tracking, and tools/live.py end to end."""
+"""The face front-end (MTCNN port, other detectors, aligned crops) and FERPipeline: loading, checks, TTA, tracking."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,33 +10,158 @@ import numpy as np
 import pytest
 import torch
 
-from spayolo.face.detectors import MTCNNDetector
+from conftest import PHOTOS, package_file, small_hopper, write_video
+from spayolo.checkpoints import CheckpointError
+from spayolo.face.detectors import Detections, MTCNNDetector, YOLOFaceDetector, YuNetDetector, build_detector
+from spayolo.face.mtcnn import PNet
 from spayolo.pipeline import FERPipeline, IoUTracker, box_iou
-from conftest import REPO, run_cli
-from test_face import PHOTOS, package_file
+from spayolo.sources import SourceError, StreamError
 
 IMGSZ = 32
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """An untrained spayolo-n classifier saved in Ultralytics' checkpoint format, trained-args imgsz 32."""
-    from ultralytics import YOLO
-
-    model = YOLO("spayolo-n.yaml").model
-    model.names = {i: n for i, n in enumerate(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])}
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"model": model, "train_args": {"imgsz": IMGSZ, "task": "classify"}}, path)
-    return path
+def detector():
+    return MTCNNDetector("cpu")
 
 
 @pytest.fixture(scope="module")
-def fer(tiny_ckpt) -> FERPipeline:
-    return FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"))
+def fer(tiny_ckpt, detector) -> FERPipeline:
+    return FERPipeline(tiny_ckpt, detector=detector, backend="torch")
 
 
-def small_hopper(w: int = 256, h: int = 300) -> np.ndarray:
-    return cv2.resize(cv2.imread(str(package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"))), (w, h))
+# --- MTCNN and the other detectors -------------------------------------------------------------------------------
+
+
+def test_weight_shapes_and_tf_layout(detector):
+    m = detector.model
+    assert m.pnet.body[0].weight.shape == (10, 3, 3, 3) and m.rnet.fc[0].weight.shape == (128, 576)
+    assert m.onet.fc[0].weight.shape == (256, 1152) and m.onet.lmk.weight.shape == (10, 256)
+    # output sizes the dense layers need: 24 -> 3x3x64, 48 -> 3x3x128; PNet maps 12x12 to one cell
+    assert m.rnet.body(torch.zeros(1, 3, 24, 24)).shape == (1, 64, 3, 3)
+    assert m.onet.body(torch.zeros(1, 3, 48, 48)).shape == (1, 128, 3, 3)
+    assert m.pnet(torch.zeros(1, 3, 12, 12))[1].shape == (1, 1, 1)
+    assert sum(p.numel() for p in PNet().parameters()) == 6632
+
+
+def test_real_photos(detector):
+    images = [cv2.imread(str(package_file(*k))) for k in PHOTOS]
+    for dets, truth in zip(detector(images), PHOTOS.values()):
+        truth = np.array(truth, np.float32)
+        assert isinstance(dets, Detections) and len(dets) == len(truth), dets.boxes
+        iou = box_iou(truth, dets.boxes)
+        assert (iou.max(1) >= 0.5).all(), iou
+        assert dets.landmarks.shape == (len(truth), 5, 2) and (dets.scores > 0.9).all()
+        # landmarks inside their box; image-left eye left of the image-right eye, eyes above the mouth
+        lm, b = dets.landmarks, dets.boxes
+        assert ((lm >= b[:, None, :2] - 2) & (lm <= b[:, None, 2:] + 2)).all()
+        assert (lm[:, 0, 0] < lm[:, 1, 0]).all() and (lm[:, :2, 1].max(1) < lm[:, 3:, 1].min(1)).all()
+
+
+def test_no_faces_on_blank_and_noise(detector):
+    rng = np.random.default_rng(0)
+    frames = [np.zeros((240, 320, 3), np.uint8), np.full((240, 320, 3), 128, np.uint8),
+              rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)]
+    assert [len(d) for d in detector(frames)] == [0, 0, 0]
+
+
+def test_batch_matches_single_and_mixed_sizes(detector):
+    small = small_hopper()
+    out = detector([small, small[:, ::-1].copy(), np.zeros((64, 64, 3), np.uint8)])
+    assert [len(d) for d in out] == [1, 1, 0]
+    flipped = out[1].boxes[0].copy()
+    flipped[[0, 2]] = 256 - flipped[[2, 0]]
+    assert box_iou(out[0].boxes, flipped[None])[0, 0] > 0.8  # mirror image gives the mirrored box
+
+
+def test_refine_relocates_moved_faces(detector):
+    zidane = cv2.imread(str(package_file("ultralytics", "assets", "zidane.jpg")))
+    previous = detector([zidane])[0]
+    moved = np.roll(zidane, (9, -12), axis=(0, 1))  # both faces shift by a fraction of their size
+    found = detector.refine([moved, np.zeros_like(zidane)], [previous, previous])
+    assert len(found[1]) == 0  # a face that left the frame is dropped, not carried over
+    truth = np.array(PHOTOS["ultralytics", "assets", "zidane.jpg"], np.float32) + [-12, 9, -12, 9]
+    assert len(found[0]) == 2 and (box_iou(truth, found[0].boxes).max(1) >= 0.5).all()
+    assert box_iou(found[0].boxes, detector([moved])[0].boxes).max(1).min() > 0.7  # where full detection puts them
+    assert found[0].landmarks.shape == (2, 5, 2)
+
+
+def test_mtcnn_onnx_matches_torch(detector, tmp_path):
+    import onnx
+
+    paths = detector.model.export_onnx(tmp_path)
+    assert [p.name for p in paths] == ["pnet.onnx", "rnet.onnx", "onet.onnx"]
+    for path in paths:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+        assert {op.domain for op in model.opset_import} <= {"", "ai.onnx"}  # stock operators only
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert next(detector.model.parameters()).device.type == "cpu"
+    onnx_detector = MTCNNDetector("cpu", backend="onnx", onnx_dir=tmp_path)
+    images = [cv2.imread(str(package_file(*k))) for k in PHOTOS]
+    for mine, theirs in zip(onnx_detector(images), detector(images)):
+        assert len(mine) == len(theirs)
+        np.testing.assert_allclose(mine.boxes, theirs.boxes, atol=0.05)
+        np.testing.assert_allclose(mine.landmarks, theirs.landmarks, atol=0.05)
+        np.testing.assert_allclose(mine.scores, theirs.scores, atol=1e-4)
+    (tmp_path / "rnet.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="rnet.onnx"):
+        MTCNNDetector("cpu", backend="onnx", onnx_dir=tmp_path)
+    with pytest.raises(ValueError, match="backend"):
+        MTCNNDetector("cpu", backend="tensorrt")
+
+
+def test_onnx_providers():
+    from spayolo.runtime import onnx_providers
+
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    assert onnx_providers("cpu", ["MyProvider"]) == ["MyProvider"]  # an explicit choice wins
+    cuda = onnx_providers("cuda")  # CUDA first only where onnxruntime-gpu offers it; CPU always as the fallback
+    assert cuda[-1] == "CPUExecutionProvider" and len(cuda) in (1, 2)
+
+
+def test_build_detector_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        build_detector(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="face_yunet.onnx"):
+        build_detector(tmp_path / "face_yunet.onnx")
+    with pytest.raises(ValueError, match="unknown face detector"):
+        build_detector("haar")
+    with pytest.raises(FileNotFoundError):
+        YOLOFaceDetector(tmp_path / "x.onnx")
+    with pytest.raises(FileNotFoundError):
+        YuNetDetector(tmp_path / "yunet.onnx")
+    broken = tmp_path / "face_yunet.onnx"
+    broken.write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="face_yunet.onnx"):
+        build_detector(broken)
+
+
+class _Boxes:
+    def __init__(self, xyxy):
+        self.xyxy, self.conf = torch.tensor(xyxy, dtype=torch.float32), torch.ones(len(xyxy))
+
+
+class _Result:
+    def __init__(self, xyxy):
+        self.boxes, self.keypoints = _Boxes(xyxy), None
+
+
+def test_yolo_detector_honours_min_face_and_backend(tmp_path, monkeypatch):
+    from ultralytics import YOLO
+
+    weights = tmp_path / "face.pt"
+    YOLO("yolov8n.yaml").save(weights)
+    with pytest.raises(ValueError, match="backend is 'onnx'.*--backend torch"):
+        build_detector(weights, backend="onnx")  # not run in PyTorch behind the user's back
+    det = build_detector(weights, min_face=40, backend="torch")
+    assert isinstance(det, YOLOFaceDetector)
+    monkeypatch.setattr(det.model, "predict", lambda *a, **k: [_Result([[0, 0, 30, 30], [10, 10, 60, 90]])])
+    found = det([np.zeros((100, 100, 3), np.uint8)])[0]
+    np.testing.assert_array_equal(found.boxes, [[10, 10, 60, 90]])  # the 30 px face is below min_face
+
+
+# --- FERPipeline ---------------------------------------------------------------------------------------------------
 
 
 def test_photos_labels_and_boxes(fer):
@@ -107,12 +230,12 @@ class CountingMTCNN(MTCNNDetector):
         return super().refine(images, previous)
 
 
-def test_detect_every_nth_frame_and_relocate_between(tiny_ckpt):
+def test_detect_every_nth_frame_and_relocate_between(tiny_ckpt, detector):
     img = small_hopper(128, 150)
     frames = [np.pad(img, ((0, 0), (4 * k, 60 - 4 * k), (0, 0)), constant_values=90) for k in range(7)]
-    every_frame = FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), detect_every=1)
+    every_frame = FERPipeline(tiny_ckpt, detector=detector, detect_every=1, backend="torch")
     reference = [every_frame.process([f], track=True)[0] for f in frames]
-    fer = FERPipeline(tiny_ckpt, detector=CountingMTCNN(), detect_every=3)
+    fer = FERPipeline(tiny_ckpt, detector=CountingMTCNN(), detect_every=3, backend="torch")
     faces = [fer.process([f], track=True)[0] for f in frames]
     assert fer.detector.calls == {"full": 3, "refine": 4}  # frames 0, 3, 6 detected; 1, 2, 4, 5 re-located
     assert [[f.track_id for f in x] for x in faces] == [[1]] * 7
@@ -121,12 +244,12 @@ def test_detect_every_nth_frame_and_relocate_between(tiny_ckpt):
     fer.process(frames[:2], track=False)  # stills and batches always get full detection
     assert fer.detector.calls == {"full": 4, "refine": 4}
     with pytest.raises(ValueError, match="detect_every"):
-        FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), detect_every=0)
+        FERPipeline(tiny_ckpt, detector=detector, detect_every=0)
 
 
-def test_onnx_backend_matches_torch(fer, tiny_ckpt):
+def test_onnx_backend_is_the_default_and_matches_torch(fer, tiny_ckpt, detector):
     img = small_hopper()
-    onnx_fer = FERPipeline(tiny_ckpt, detector=MTCNNDetector("cpu"), backend="onnx")
+    onnx_fer = FERPipeline(tiny_ckpt, detector=detector)
     assert onnx_fer.classifier.runner is not None and onnx_fer.names == fer.names
     mine, theirs = onnx_fer(img), fer(img)
     assert len(mine) == len(theirs) == 1
@@ -151,6 +274,62 @@ def test_exported_classifier_and_wrong_inputs(tmp_path, tiny_ckpt, fer, monkeypa
     YOLO("yolov8n.yaml").save(detect)
     with pytest.raises(ValueError, match="detect model, not a classifier"):
         FERPipeline(detect, detector=fer.detector)
+
+
+def test_classifier_saved_by_yolo_save_is_accepted(tmp_path, detector):
+    from ultralytics import YOLO
+
+    path = tmp_path / "saved.pt"
+    YOLO("spayolo-n.yaml").save(path)
+    assert YOLO(path).task == "classify"
+    fer = FERPipeline(path, detector=detector, backend="torch", imgsz=IMGSZ)
+    face = fer(small_hopper())[0]
+    assert face.label == fer.names[int(face.probs.argmax())]
+
+
+class _Grid(torch.nn.Module):
+    """Softmax of a linear map of the flattened pixels: mirroring the crop changes its answer."""
+
+    def __init__(self, size: int = IMGSZ, nc: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(3 * size * size, nc)
+        self.names = {i: f"c{i}" for i in range(nc)}
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)).softmax(1)
+
+
+class _Symmetric(torch.nn.Module):
+    """Global average pooling then a linear map: blind to mirroring."""
+
+    def __init__(self, nc: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(3, nc)
+        self.names = {i: f"c{i}" for i in range(nc)}
+
+    def forward(self, x):
+        return (10 * self.fc(x.mean((2, 3)))).softmax(1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_flip_tta_is_the_mean_of_crop_and_mirror(detector, backend):
+    img = small_hopper()
+    plain = FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend=backend)
+    tta = FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend=backend, tta=True)
+    crops = plain.crop(img, detector([img])[0])
+    expected = (plain.classifier(crops) + plain.classifier(crops.flip(-1))) / 2
+    assert not torch.allclose(plain.classifier(crops), expected, atol=1e-3)  # the mirror does change the answer
+    np.testing.assert_allclose(tta(img)[0].probs, expected[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain(img)[0].probs, plain.classifier(crops)[0].numpy(), atol=1e-5)
+
+
+def test_flip_tta_leaves_a_mirror_symmetric_model_unchanged(detector):
+    img = small_hopper()
+    plain = FERPipeline(_Symmetric(), detector=detector, imgsz=IMGSZ, backend="torch")
+    tta = FERPipeline(_Symmetric(), detector=detector, imgsz=IMGSZ, backend="torch", tta=True)
+    np.testing.assert_allclose(tta(img)[0].probs, plain(img)[0].probs, atol=1e-6)
 
 
 def test_tracker_ema():
@@ -184,31 +363,76 @@ def test_missing_model_message(tmp_path):
         FERPipeline(tmp_path / "nope.pt")
 
 
-def write_video(path: Path, n: int = 3) -> Path:
-    img = small_hopper(160, 120)
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))
-    for k in range(n):
-        w.write(np.roll(img, 3 * k, axis=1))
-    w.release()
-    return path
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device": "cuda:7"}, "'cuda:7' is not available"),
+    ({"device": "gpu0"}, "'gpu0' is not a device"),
+    ({"min_face": 0}, "min_face must be > 0"),
+    ({"min_face": -10}, "min_face must be > 0"),
+    ({"margin": -0.1}, "margin must be >= 0"),
+    ({"imgsz": -5}, "imgsz must be > 0"),
+])
+def test_bad_arguments_are_named(tiny_ckpt, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FERPipeline(tiny_ckpt, **kwargs)
 
 
-def test_live_tool(tmp_path, tiny_ckpt):
-    video = write_video(tmp_path / "in.mp4")
-    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
-    r = run_cli([sys.executable, str(REPO / "tools" / "live.py"), "--source", str(video), "--model", str(tiny_ckpt),
-                 "--no-show", "--save", str(out), "--json", str(js)], cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = [json.loads(x) for x in js.read_text().splitlines()]
-    assert [x["frame"] for x in lines] == [0, 1, 2]
-    assert all(len(x["faces"]) == 1 and x["faces"][0]["track_id"] == 1 for x in lines)
-    cap = cv2.VideoCapture(str(out))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    assert n == 3 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 160
+class _Payload:
+    """Pickles as a call to open(marker, 'w'): loading it with plain pickle creates the marker file."""
 
-    missing = tmp_path / "missing_clip.mp4"
-    r = run_cli([sys.executable, str(REPO / "tools" / "live.py"), "--source", str(missing), "--model", str(tiny_ckpt),
-                 "--no-show", "--json", str(js)], cwd=tmp_path, timeout=120)
-    assert r.returncode == 2 and "missing_clip.mp4" in r.stderr and "not found" in r.stderr
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_checkpoints_load_restricted_unless_trusted(tmp_path):
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"model": _Payload(marker)}, crafted)
+    with pytest.raises(CheckpointError, match="crafted.pt was refused by restricted loading.*--trust-checkpoint"):
+        FERPipeline(crafted)
+    assert not marker.exists()  # nothing in the file ran
+    with pytest.raises(CheckpointError, match="crafted.pt holds no model"):
+        FERPipeline(crafted, trusted=True)  # the explicit opt-out unpickles it as stock Ultralytics would
+    assert marker.exists()
+
+
+def test_unusable_model_files_are_named_in_one_line(tmp_path, tiny_ckpt):
+    corrupt, truncated, yaml, garbage = (tmp_path / n for n in ("corrupt.pt", "truncated.pt", "model.yaml", "bad.onnx"))
+    corrupt.write_bytes(b"\x00" * 100)
+    truncated.write_bytes(tiny_ckpt.read_bytes()[:5000])
+    yaml.write_text("nc: 7\n")
+    garbage.write_bytes(b"this is not a protobuf")
+    detect = tmp_path / "boxes.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 5, 1), (torch.zeros(1, 3, 8, 8),), str(detect), dynamo=False)
+    for path, message in ((corrupt, "not a loadable checkpoint"), (truncated, "not a loadable checkpoint"),
+                          (yaml, "untrained"), (garbage, "not a valid ONNX model"), (detect, "not a classifier")):
+        with pytest.raises(CheckpointError) as error:
+            FERPipeline(path)
+        assert str(path) in str(error.value) and message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_stream_tracks_video_and_reports_a_cut_one(fer, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", n=3)
+    fer.reset()
+    assert [[f.track_id for f in faces] for _, _, faces in fer.stream(video)] == [[1]] * 3
+    cut = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(cut), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for k in range(30):
+        writer.write(np.roll(small_hopper(160, 120), k, axis=1))
+    writer.release()
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    seen = []
+    with pytest.raises(StreamError, match="cut.avi: no frame after"):
+        for i, _, _ in fer.stream(cut):
+            seen.append(i)
+    assert 5 < len(seen) < 30  # what decoded came first
+    with pytest.raises(SourceError, match="source not found"):
+        next(fer.stream(tmp_path / "missing.mp4"))
+
+
+def test_stream_over_a_folder_does_not_track_unrelated_images(fer, tmp_path):
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), small_hopper())
+    assert [[f.track_id for f in faces] for _, _, faces in fer.stream(tmp_path)] == [[None], [None]]
