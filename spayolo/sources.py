@@ -115,7 +115,7 @@ def _image_size(files: list[Path]) -> tuple[int, int] | None:
         try:
             with Image.open(file) as image:
                 sizes.append(image.size)
-        except (OSError, SyntaxError, ValueError):  # undecodable: skipped when read
+        except Exception:  # PIL (and Ultralytics' patch of it) fail in many ways on a bad file; it is skipped when read
             continue
     return (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else None
 
@@ -147,5 +147,8 @@ def open_source(source: str | int | Path) -> FrameSource:
         src._frames = _images(src, files)
         return src
     cap = _capture(str(path), f"video file {path}")
+    if int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") == b"ansi":  # FFmpeg renders any text file as video
+        cap.release()
+        raise SourceError(f"{path} is a text file, not a video")
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     return FrameSource(str(path), _video(cap, str(path), live=False, total=total), total, inputs=(path,))

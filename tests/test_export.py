@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli, write_image_folder, yolo_cli
-from test_face import package_file
+from conftest import REPO, package_file, run_cli, write_image_folder, yolo_cli
 
 YAMLS = sorted(p.stem for p in (REPO / "cfg" / "models").glob("*.yaml"))
 UNSCALED = {"lanmsff", "msff"}  # the papers' own networks, one size each
@@ -25,7 +24,7 @@ def onnx_probs(path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-@pytest.mark.parametrize("stem", YAMLS)
+@pytest.mark.parametrize("stem", [pytest.param(s, marks=[] if s == "spayolo" else [pytest.mark.slow]) for s in YAMLS])
 def test_every_yaml_exports_and_matches_pytorch(stem, tmp_path, monkeypatch):
     import onnx
     from ultralytics import YOLO
@@ -53,7 +52,7 @@ def face_crops() -> np.ndarray:
     from spayolo.face.detectors import MTCNNDetector
     from spayolo.pipeline import FERPipeline
 
-    fer = FERPipeline(SHIPPED.with_suffix(".pt"), detector=MTCNNDetector("cpu"))
+    fer = FERPipeline(SHIPPED.with_suffix(".pt"), detector=MTCNNDetector("cpu"), backend="torch")
     crops = []
     for parts in (("ultralytics", "assets", "zidane.jpg"), ("ultralytics", "assets", "bus.jpg"),
                   ("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg")):
@@ -74,6 +73,7 @@ def test_shipped_weights_onnx_matches_pt_on_real_faces():
     assert np.abs(probs - torch_probs).max() < 1e-4 and (probs.argmax(1) == torch_probs.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_stock_predict_and_val_accept_exported_onnx(tmp_path):
     from ultralytics import YOLO
 
@@ -95,6 +95,7 @@ def test_stock_predict_and_val_accept_exported_onnx(tmp_path):
     assert r.returncode == 0 and r.stdout.split()[-2:] == ["surprise", "7"], r.stdout[-2000:] + r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_fp16_export_of_shipped_weights(tmp_path):
     import onnx
     from ultralytics import YOLO

@@ -96,8 +96,9 @@ def load_images(source: list[str | Path], imgsz: int) -> tuple[list[str], torch.
     for file in files:
         try:
             image = Image.open(file).convert("RGB")
-        # PIL reports damaged files in several types: OSError, but also bomb-sized headers and broken chunks
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL, and Ultralytics' patch of Image.open, report bad files in many types: OSError, bomb-sized headers,
+        # broken chunks, the missing HEIF plugin they try for unidentified files
+        except Exception as error:
             print(f"spayolo cam: skipping unreadable {file}: {error}", file=sys.stderr)
             continue
         tensor = transform(image)

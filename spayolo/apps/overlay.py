@@ -27,18 +27,18 @@ def _place(x: int, y: int, w: int, h: int, frame_w: int, frame_h: int, avoid) ->
     return x, y
 
 
-def _fps(out: np.ndarray, fps: float) -> tuple[int, int, int, int]:
+def _fps(fps: float) -> tuple[str, tuple[int, int], tuple[int, int, int, int]]:
+    """The FPS text, its baseline origin and the rectangle it covers (kept free of labels and bars)."""
     text = f"{fps:.1f} FPS"
     (w, h), base = cv2.getTextSize(text, FONT, 0.6, 2)
-    cv2.putText(out, text, (8, 8 + h), FONT, 0.6, (0, 255, 255), 2, cv2.LINE_AA)
-    return 0, 0, 8 + w + 4, 8 + h + base + 2
+    return text, (8, 8 + h), (0, 0, 8 + w + 4, 8 + h + base + 2)
 
 
 def draw(frame: np.ndarray, faces, fps: float | None = None) -> np.ndarray:
     """A copy of ``frame`` with each face's box, label, probability bars and landmarks, and the FPS if given."""
     out = frame.copy()
     fh, fw = out.shape[:2]
-    avoid = _fps(out, fps) if fps is not None else None
+    text, origin, avoid = _fps(fps) if fps is not None else (None, None, None)
     for f in faces:
         x1, y1, x2, y2 = (int(round(v)) for v in f.box)
         colour = COLOURS[int(f.probs.argmax()) % len(COLOURS)]
@@ -58,4 +58,6 @@ def draw(frame: np.ndarray, faces, fps: float | None = None) -> np.ndarray:
         if f.landmarks is not None:
             for px, py in f.landmarks:
                 cv2.circle(out, (int(px), int(py)), 2, (0, 255, 0), -1)
+    if text:  # last, so that no box line crosses it
+        cv2.putText(out, text, origin, FONT, 0.6, (0, 255, 255), 2, cv2.LINE_AA)
     return out

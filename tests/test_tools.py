@@ -1,0 +1,624 @@
+"""The spayolo command and its subcommands: live, prepare, evaluate, kfold, cam (benchmark: dispatch only)."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, count_frames, run_cli, small_hopper, write_image_folder, write_video, yolo_cli
+from spayolo import cli
+from spayolo.apps import cam, prepare as prep
+from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
+from spayolo.apps.kfold import fold_roots
+from spayolo.apps.overlay import COLOURS, draw
+from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
+from spayolo.pipeline import FERPipeline, Face
+
+TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.py")
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+
+def test_command_dispatch_and_usage(capsys, monkeypatch):
+    assert cli.main([]) == 2 and "usage: spayolo {live,prepare,evaluate,kfold,cam,benchmark}" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0 and "spayolo live --source clip.mp4" in capsys.readouterr().out
+    assert cli.main(["train"]) == 2 and "unknown command 'train'" in capsys.readouterr().err
+    calls = []
+    fake = types.ModuleType("spayolo.benchmark")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "spayolo.benchmark", fake)  # the lead's module, imported only when asked for
+    assert cli.main(["benchmark", "--pipeline"]) == 0 and calls == [["--pipeline"]]
+
+
+def test_tools_are_thin_wrappers_of_the_command():
+    for tool in TOOLS:
+        text = tool.read_text()
+        assert "sys.path" not in text and "from spayolo" in text and len(text.splitlines()) <= 10, tool.name
+    cfg = (REPO / "setup.cfg").read_text()
+    assert "spayolo = spayolo.cli:main" in cfg and "spayolo.apps" in cfg
+
+
+@pytest.mark.slow
+def test_python_m_spayolo_and_tool_scripts_run(tmp_path):
+    r = run_cli([sys.executable, "-m", "spayolo", "prepare", "fer2013"], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("spayolo prepare: say where the raw data is"), r.stderr
+    r = run_cli([sys.executable, str(REPO / "tools" / "live.py"), "--min-face", "0"], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "argument --min-face: 0 is not a positive number" in r.stderr, r.stderr
+
+
+def test_shared_flags_default_to_the_library():
+    from spayolo.apps.args import pipeline_kwargs
+    from spayolo.apps.live import parse_args
+
+    defaults = {k: p.default for k, p in inspect.signature(FERPipeline).parameters.items()}
+    for key, value in pipeline_kwargs(parse_args([])).items():
+        assert value == defaults[key], key
+    assert defaults["backend"] == "onnx" and defaults["tta"] is False
+
+
+def test_readme_setup_installs_what_its_test_command_needs():
+    readme = (REPO / "README.md").read_text()
+    setup = readme.split("## Set-up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in setup.strip().splitlines()]
+    assert re.search(r'pip install -e "?\.\[test\]"?', commands[0]), commands[0]
+    assert commands[2].startswith("python -m pytest")
+    assert re.search(r"test =\s+pytest", (REPO / "setup.cfg").read_text())
+    assert 'pip install -q -e ".[test]"' in (REPO / ".ci" / "run").read_text()
+
+
+# --- live --------------------------------------------------------------------------------------------------------------
+
+
+def live(tmp_path: Path, *args: str, model: Path | None = None) -> int:
+    """spayolo live in this process, headless, with the given extra arguments."""
+    base = ["live", "--no-show", "--backend", "torch"] + (["--model", str(model)] if model else [])
+    return cli.main([*base, *map(str, args)])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_live_video_end_to_end(tmp_path, tiny_ckpt, capsys):
+    video = write_video(tmp_path / "in.mp4")
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    assert live(tmp_path, "--source", video, "--save", out, "--json", js, model=tiny_ckpt) == 0
+    lines = read_jsonl(js)
+    assert [x["frame"] for x in lines] == [0, 1, 2] and "file" not in lines[0]
+    assert all(len(x["faces"]) == 1 and x["faces"][0]["track_id"] == 1 for x in lines)
+    assert count_frames(out) == 3 and cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_WIDTH) == 160
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*partial*"))  # temporary files renamed into place
+
+
+def test_live_refuses_outputs_that_are_inputs(tmp_path, tiny_ckpt, capsys):
+    video = write_video(tmp_path / "clip.mp4")
+    before = video.read_bytes()
+    for args in (("--save", video), ("--json", video), ("--save", "", "--json", tiny_ckpt),
+                 ("--save", tmp_path / "same.mp4", "--json", tmp_path / "same.mp4")):
+        assert live(tmp_path, "--source", video, *args, model=tiny_ckpt) == 2, args
+        err = capsys.readouterr().err
+        assert "is also an input" in err and err.count("\n") == 1, err
+    assert video.read_bytes() == before and count_frames(video) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--save", "/proc/spayolo-test.mp4"), "--save /proc/spayolo-test.mp4: cannot write"),
+    (("--save", "{tmp}/out.xyz"), "unknown video format '.xyz'"),
+    (("--save", "{tmp}"), "is a folder"),
+    (("--save", "{tmp}/clip.mp4/out.mp4"), "is a file, not a folder"),
+    (("--json", "{tmp}/clip.mp4/out.jsonl"), "is a file, not a folder"),
+    (("--fps", "0"), "argument --fps: 0 is not a positive number"),
+    (("--min-face", "0"), "argument --min-face: 0 is not a positive number"),
+    (("--imgsz", "-5"), "argument --imgsz: -5 is not a positive integer"),
+    (("--margin", "-1"), "argument --margin: -1 is not a number >= 0"),
+    (("--device", "cuda:7"), "'cuda:7' is not available"),
+    (("--device", "gpu0"), "'gpu0' is not a device"),
+])
+def test_live_bad_outputs_and_flags_fail_before_reading(tmp_path, tiny_ckpt, capsys, args, message):
+    video = write_video(tmp_path / "clip.mp4")
+    args = [a.format(tmp=tmp_path) for a in args]
+    js = tmp_path / "never.jsonl"
+    try:
+        code = live(tmp_path, "--source", video, "--json", js, *args, model=tiny_ckpt)
+    except SystemExit as stop:  # argparse refuses a flag's value itself
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and message.replace("'", "") in err.replace("'", ""), err
+    assert "Traceback" not in err and not js.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_live_unusable_models_exit_2_naming_the_file(tmp_path, tiny_ckpt, capsys):
+    video = write_video(tmp_path / "clip.mp4")
+    corrupt, yaml_file = tmp_path / "corrupt.pt", tmp_path / "net.yaml"
+    corrupt.write_bytes(tiny_ckpt.read_bytes()[:3000])
+    yaml_file.write_text("nc: 7\n")
+    for model in (corrupt, yaml_file, tmp_path / "missing.pt"):
+        assert live(tmp_path, "--source", video, "--save", "", "--json", "", model=model) == 2
+        err = capsys.readouterr().err
+        assert str(model) in err and err.count("\n") == 1, err
+
+
+def test_live_undecodable_sources_exit_2_without_writing(tmp_path, tiny_ckpt, capsys):
+    empty, text, broken = tmp_path / "empty.mp4", tmp_path / "notes.txt", tmp_path / "broken"
+    empty.write_bytes(b"")
+    text.write_text("not a video\n" * 100)
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8 no")
+    (broken / "b.png").write_bytes(b"")
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    for source in (empty, text, broken, broken / "a.jpg"):
+        assert live(tmp_path, "--source", source, "--save", out, "--json", js, model=tiny_ckpt) == 2, source
+        captured = capsys.readouterr()
+        assert source.name in captured.err and "wrote" not in captured.out
+        assert not out.exists() and not js.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_live_folder_records_files_and_sizes_the_video_for_all(tmp_path, tiny_ckpt, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0_tiny.png"), np.zeros((1, 1, 3), np.uint8))  # a 1x1 first image
+    cv2.imwrite(str(folder / "1_face.png"), small_hopper(200, 240))
+    (folder / "2_broken.jpg").write_bytes(b"\xff\xd8 no")
+    ok, jpeg = cv2.imencode(".jpg", small_hopper(150, 100))
+    (folder / "3_cut.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])  # a truncated JPEG
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    assert live(tmp_path, "--source", folder, "--save", out, "--json", js, model=tiny_ckpt) == 0
+    err = capsys.readouterr().err
+    assert "skipping undecodable image" in err and "2_broken.jpg" in err
+    assert "3_cut.jpg is a truncated JPEG" in err
+    records = read_jsonl(js)
+    assert [r["file"] for r in records] == ["0_tiny.png", "1_face.png", "3_cut.jpg"]
+    assert len(records[1]["faces"]) == 1 and all(f["track_id"] is None for r in records for f in r["faces"])
+    cap = cv2.VideoCapture(str(out))
+    assert count_frames(out) == 3 and (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (200, 240)
+
+
+def test_live_goes_headless_without_a_display(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+
+    def no_window(*args):
+        raise AssertionError("a window was opened without a display")
+
+    monkeypatch.setattr(cv2, "imshow", no_window)
+    video, out = write_video(tmp_path / "in.mp4"), tmp_path / "out.mp4"
+    assert cli.main(["live", "--source", str(video), "--model", str(tiny_ckpt), "--save", str(out), "--json", ""]) == 0
+    assert capsys.readouterr().err.count("no display found") == 1 and count_frames(out) == 3
+
+
+def _cut_avi(path: Path, frames: int = 30) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for k in range(frames):
+        writer.write(np.roll(small_hopper(160, 120), k, axis=1))
+    writer.release()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def test_live_dropped_stream_exits_1_and_keeps_what_it_wrote(tmp_path, tiny_ckpt, capsys):
+    source = _cut_avi(tmp_path / "cut.avi")
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    assert live(tmp_path, "--source", source, "--save", out, "--json", js, model=tiny_ckpt) == 1
+    captured = capsys.readouterr()
+    assert "cut.avi: no frame after" in captured.err and f"wrote {out}" in captured.out
+    assert 5 < len(read_jsonl(js)) == count_frames(out) < 30
+
+
+@pytest.mark.slow
+def test_live_sigterm_keeps_video_and_records_complete(tmp_path, tiny_ckpt):
+    video = write_video(tmp_path / "long.mp4", n=400)
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    partial = tmp_path / ".out.partial.jsonl"
+    env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "spayolo", "live", "--source", str(video), "--model", str(tiny_ckpt),
+                             "--no-show", "--backend", "torch", "--save", str(out), "--json", str(js)],
+                            cwd=tmp_path, env={**__import__("os").environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (partial.exists() and len(partial.read_text().splitlines()) >= 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-2000:]
+    records = read_jsonl(js)
+    assert 5 <= len(records) < 400 and count_frames(out) == len(records)
+    assert f"wrote {out}" in stdout
+
+
+# --- overlay -----------------------------------------------------------------------------------------------------------
+
+
+def _face(box, names=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")) -> Face:
+    probs = np.full(len(names), 1 / len(names), np.float32)
+    probs[0] += 1e-3
+    return Face(np.array(box, np.float32), 1.0, None, names[0], probs, list(names), track_id=3)
+
+
+def test_overlay_stays_inside_the_frame_and_clear_of_the_fps():
+    frame = np.zeros((240, 320, 3), np.uint8)
+    fps_only = draw(frame, [], 12.3)
+    ys, xs = np.nonzero(fps_only.any(2))
+    top, right = ys.max() + 1, xs.max() + 1  # the FPS text's extent
+    close_up = draw(frame, [_face([2, 0, 60, 70])], 12.3)  # a face touching the top edge, under the FPS text
+    yellow = np.all(fps_only == (0, 255, 255), axis=2)
+    assert np.array_equal(close_up[yellow], fps_only[yellow])  # the FPS stays legible
+    label = np.all(close_up == COLOURS[0], axis=2)  # the label is drawn in class 0's colour, as is the box ...
+    label[:, :4] = label[:, 58:62] = label[:2] = label[68:72] = False  # ... whose lines are masked out
+    assert label[:top, :right].sum() == 0 and label.sum() > 20  # drawn, and not under the FPS text
+    corner = draw(frame, [_face([250, 200, 319, 239])], None)  # a face in the bottom-right corner
+    for j, colour in enumerate(COLOURS):  # every class's bar is fully drawn, none below the bottom edge
+        bar = np.all(corner == colour, axis=2)
+        assert bar.sum() >= 7 * 9, (j, bar.sum())
+
+
+# --- prepare -----------------------------------------------------------------------------------------------------------
+
+
+def pixels(value: int, n: int = 48 * 48) -> str:
+    return " ".join(str((value + i) % 256) for i in range(n))
+
+
+def write_fer_csv(file: Path, rows: list[tuple]) -> Path:
+    with open(file, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        writer.writerows(rows)
+    return file
+
+
+def images_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png") if not p.name.startswith(prep.TMP))
+
+
+FER_ROWS = [
+    (3, pixels(0), "Training"),  # line 2 -> train/happy/fer0000000.png
+    (6, pixels(7), "Training"),  # line 3 -> train/neutral (code 6 is neutral, not surprise)
+    (4, "12 x 255", "PublicTest"),  # line 4: not numbers
+    (0, pixels(1, 47 * 48), "PublicTest"),  # line 5: wrong pixel count
+    (5, pixels(9), "PublicTest"),  # line 6 -> val/surprise
+    (9, pixels(2), "PrivateTest"),  # line 7: no emotion 9
+    (1, pixels(3), "Holdout"),  # line 8: unknown Usage
+    (2, pixels(4), "PrivateTest"),  # line 9 -> test/fear
+]
+
+
+def test_dataset_yamls_consistent():
+    """Class index = sorted folder order (what Ultralytics assigns); every raw code maps to a class."""
+    files = {p.stem: yaml.safe_load(p.read_text()) for p in DATASETS_CFG_DIR.glob("*.yaml")}
+    assert set(files) == {"fer2013", "ferplus", "affectnet7", "affectnet8", "rafdb", "ckplus", "jaffe", "kdef"}
+    for name, cfg in files.items():
+        names = list(cfg["names"].values())
+        assert names == sorted(names) and list(cfg["names"]) == list(range(len(names))), name
+        assert set(cfg.get("labels", {}).values()) <= set(names), name
+        assert "prepare" in cfg and ("folds" in cfg) == ("pattern" in cfg), name
+    assert len(files["affectnet7"]["names"]) == 7 and len(files["affectnet8"]["names"]) == 8
+    assert set(files["ferplus"]["names"].values()) == set(files["ferplus"]["votes"][:8])
+    for name, file_name, subject, label in (("ckplus", "S005_001_00000011.png", "S005", None),
+                                            ("jaffe", "KA.AN1.39.tiff", "KA", "AN"),
+                                            ("kdef", "AF01ANS.JPG", "F01", "AN"), ("kdef", "BM35SUS.JPG", "M35", "SU")):
+        match = re.match(files[name]["pattern"], file_name, re.IGNORECASE)
+        assert match["subject"] == subject and match.groupdict().get("label") == label, file_name
+    assert re.match(files["kdef"]["pattern"], "AF01ANHL.JPG") is None  # KDEF: frontal (S) images only
+    assert files["fer2013"]["labels"] == {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise",
+                                          6: "neutral"}
+
+
+def test_prepare_fer_csv(tmp_path):
+    csv_file = write_fer_csv(tmp_path / "fer2013.csv", FER_ROWS)
+    out = tmp_path / "fer2013"
+    report = prep.prepare("fer2013", out, csv_file=csv_file)
+    assert images_in(out) == ["test/fear/fer0000007.png", "train/happy/fer0000000.png",
+                              "train/neutral/fer0000001.png", "val/surprise/fer0000004.png"]
+    img = cv2.imread(str(out / "train/neutral/fer0000001.png"), cv2.IMREAD_UNCHANGED)
+    assert img.shape == (48, 48) and img[0, 0] == 7 and img[47, 47] == (7 + 48 * 48 - 1) % 256  # lossless, row-major
+    bad = [p for p in report.problems if "line" in p]
+    assert [p.split(":")[0] for p in bad] == [f"fer2013.csv line {n}" for n in (4, 5, 7, 8)]
+    assert "2256 pixels, expected 2304" in bad[1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["train"] == {"happy": 1, "neutral": 1} and manifest["skipped"] == {"bad CSV row": 4}
+    assert sorted(p.name for p in (out / "val").iterdir()) == sorted(prep.dataset_cfg("fer2013")["names"].values())
+    assert not (tmp_path / "fer2013.partial").exists()
+
+
+def test_prepare_existing_output_needs_force(tmp_path, capsys):
+    csv_file = write_fer_csv(tmp_path / "fer2013.csv", FER_ROWS)
+    out = tmp_path / "out"
+    (out / "keep.txt").parent.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert cli.main(["prepare", "fer2013", "--csv", str(csv_file), "--out", str(out)]) == 2
+    assert "spayolo prepare: " in (err := capsys.readouterr().err) and "pass --force" in err
+    assert (out / "keep.txt").read_text() == "user data"
+    assert cli.main(["prepare", "fer2013", "--csv", str(csv_file), "--out", str(out), "--force"]) == 0
+    assert not (out / "keep.txt").exists() and len(images_in(out)) == 4
+
+
+def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
+    csv_file = write_fer_csv(tmp_path / "fer2013.csv", FER_ROWS)
+    out = tmp_path / "fer2013"
+    real_save, calls = prep.save_gray, []
+
+    def dies_on_third(target, img):
+        calls.append(target.name)
+        if len(calls) == 3:
+            target.parent.mkdir(parents=True)
+            (target.parent / (prep.TMP + target.name)).write_bytes(b"half")  # what a kill mid-write leaves
+            raise KeyboardInterrupt
+        real_save(target, img)
+
+    monkeypatch.setattr(prep, "save_gray", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare("fer2013", out, csv_file=csv_file)
+    partial = tmp_path / "fer2013.partial"
+    assert not out.exists() and len(images_in(partial)) == 2 and list(partial.rglob(prep.TMP + "*"))
+    first = (partial / "train/happy/fer0000000.png").stat().st_mtime_ns
+    monkeypatch.setattr(prep, "save_gray", real_save)
+    prep.prepare("fer2013", out, csv_file=csv_file)  # no --force needed: only the .partial folder exists
+    assert len(images_in(out)) == 4 and not partial.exists() and not list(out.rglob(prep.TMP + "*"))
+    assert (out / "train/happy/fer0000000.png").stat().st_mtime_ns == first  # finished files are not redone
+
+
+def test_prepare_ferplus_majority_vote(tmp_path):
+    names = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+    votes = [
+        ("Training", "fer0000000.png", [2, 8, 0, 0, 0, 0, 0, 0, 0, 0]),  # happiness
+        ("Training", "fer0000001.png", [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]),  # not a face
+        ("PublicTest", "fer0000002.png", [1, 0, 0, 0, 0, 0, 0, 0, 9, 0]),  # unknown
+        ("PublicTest", "fer0000003.png", [2, 4, 0, 4, 0, 0, 0, 0, 0, 0]),  # no majority
+        ("PrivateTest", "fer0000004.png", [0, 1, 0, 1, 1, 0, 1, 3, 0, 1]),  # singles dropped: contempt 3 of 3
+        ("Training", "", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # removed from FERPlus
+    ]
+    with open(tmp_path / "fer2013new.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Usage", "Image name", *names])
+        writer.writerows([usage, image, *v] for usage, image, v in votes)
+    csv_file = write_fer_csv(tmp_path / "fer2013.csv", [(0, pixels(i), "Training") for i in range(6)])
+    out = tmp_path / "ferplus"
+    report = prep.prepare("ferplus", out, csv_file=csv_file, labels_file=tmp_path / "fer2013new.csv")
+    assert images_in(out) == ["test/contempt/fer0000004.png", "train/happiness/fer0000000.png"]
+    assert report.skipped == {"FERPlus label NF": 1, "FERPlus label unknown": 1, "FERPlus label without majority": 1,
+                              "no image name (removed by FERPlus)": 1}
+    assert cv2.imread(str(out / "test/contempt/fer0000004.png"), cv2.IMREAD_UNCHANGED)[0, 0] == 4  # row 4's pixels
+
+
+def test_prepare_image_folders_and_archive(tmp_path):
+    """A RAF-DB style release: numeric class folders, test/ used as val, a corrupt image and a stray folder."""
+    src = write_image_folder(tmp_path / "raf", classes=("1", "4"), per_class=2)
+    (src / "val").rename(src / "test")
+    (src / "train/4/broken.jpg").write_bytes(b"not an image")
+    (src / "train/extra").mkdir()
+    with tarfile.open(tmp_path / "raf.tar.gz", "w:gz") as t:
+        t.add(src, arcname="RAF-DB")
+    for source, out in ((src, tmp_path / "a"), (tmp_path / "raf.tar.gz", tmp_path / "b")):
+        report = prep.prepare("rafdb", out, images=source)
+        files = sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg"))
+        assert files == ["train/happiness/train_0.jpg", "train/happiness/train_1.jpg", "train/surprise/train_0.jpg",
+                         "train/surprise/train_1.jpg", "val/happiness/val_0.jpg", "val/happiness/val_1.jpg",
+                         "val/surprise/val_0.jpg", "val/surprise/val_1.jpg"]
+        assert any("broken.jpg" in p for p in report.problems) and any("extra" in p for p in report.problems)
+    assert not (tmp_path / "b.extract").exists()
+
+
+def test_prepare_subject_folds(tmp_path):
+    """CK+ style file names: every subject is in val of exactly one fold and never in train and val together."""
+    src = tmp_path / "ckplus48"
+    rng = np.random.default_rng(0)
+    for s in range(1, 13):
+        for k, name in enumerate(("anger", "happy")):
+            (src / name).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(src / name / f"S{s:03d}_00{k}_0000001{k}.png"), rng.integers(0, 255, (8, 8), np.uint8))
+    (src / "happy" / "notes.png").write_bytes(b"x")  # no subject in the name
+    out = tmp_path / "ck"
+    report = prep.prepare("ckplus", out, images=src)
+    seen = []
+    for fold in range(10):
+        subjects = {split: {p.name.split("_")[0] for p in (out / f"fold{fold}" / split).rglob("*.png")}
+                    for split in ("train", "val")}
+        assert subjects["val"] and not subjects["train"] & subjects["val"]
+        assert len(subjects["train"] | subjects["val"]) == 12
+        seen += sorted(subjects["val"])
+        assert sorted(subjects["val"]) == report.folds[f"fold{fold}"]
+    assert sorted(seen) == [f"S{s:03d}" for s in range(1, 13)]
+    assert report.folds["fold0"] == ["S001", "S011"] and report.skipped["file name without subject/class"] == 1
+    assert (out / "fold0/val/contempt").is_dir()  # empty class folders keep class indices aligned
+
+
+def test_resolve_dataset_names_the_spayolo_prepare_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAYOLO_DATASETS", str(tmp_path))
+    assert resolve_dataset(str(tmp_path)) is None  # a folder: Ultralytics' own business
+    assert resolve_dataset("imagenet10") is None and resolve_dataset("coco8.yaml") is None
+    with pytest.raises(DatasetNotPreparedError) as error:
+        resolve_dataset("fer2013.yaml")
+    assert f"spayolo prepare fer2013 --csv fer2013.csv --out {tmp_path / 'fer2013'}" in str(error.value)
+    (tmp_path / "fer2013/train").mkdir(parents=True)
+    assert resolve_dataset("fer2013.yaml") == str(tmp_path / "fer2013")
+
+    with pytest.raises(ValueError, match="ckplus-fold0.yaml ... data=ckplus-fold9.yaml"):
+        resolve_dataset("ckplus.yaml")
+    with pytest.raises(ValueError, match="fold 10"):
+        resolve_dataset("ckplus-fold10.yaml")
+    (tmp_path / "ckplus/fold3/train").mkdir(parents=True)
+    assert resolve_dataset("ckplus-fold3.yaml") == str(tmp_path / "ckplus/fold3")
+
+    own = tmp_path / "mine.yaml"
+    own.write_text(f"path: {tmp_path / 'elsewhere'}\nnames: {{0: a, 1: b}}\n")
+    with pytest.raises(DatasetNotPreparedError, match="--images <folder>"):
+        resolve_dataset(own)
+    (tmp_path / "elsewhere/train").mkdir(parents=True)
+    assert resolve_dataset(str(own)) == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.slow
+def test_stock_cli_resolves_dataset_names(tmp_path, monkeypatch):
+    from ultralytics.engine import exporter, trainer, validator
+
+    monkeypatch.setenv("SPAYOLO_DATASETS", str(tmp_path))
+    write_image_folder(tmp_path / "fer2013", classes=("angry", "happy", "sad"), per_class=2)
+    for module in (trainer, validator, exporter):  # the three places Ultralytics checks a classification dataset
+        data = module.check_cls_dataset("fer2013.yaml", split="val")
+        assert Path(data["train"]) == tmp_path / "fer2013" / "train" and data["nc"] == 3
+    r = run_cli([yolo_cli(), "classify", "train", "model=spayolo-n.yaml", "data=ckplus-fold2.yaml", "epochs=1",
+                 "imgsz=32", "device=cpu"], cwd=tmp_path, env={"SPAYOLO_DATASETS": str(tmp_path)}, timeout=300)
+    output = r.stdout + r.stderr
+    assert r.returncode != 0 and "Dataset 'ckplus-fold2.yaml' is not prepared" in output
+    assert "spayolo prepare ckplus" in output and str(tmp_path / "ckplus" / "fold2") in output
+
+
+# --- cam -------------------------------------------------------------------------------------------------------------
+
+
+class TinyCAMNet(torch.nn.Module):
+    """conv -> GAP -> linear: Grad-CAM reduces to CAM, relu(sum_k w_ck A_k), which the test derives by hand."""
+
+    def __init__(self):
+        super().__init__()
+        head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        self.model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), head)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def test_grad_cam_equals_cam_for_gap_linear_head():
+    torch.manual_seed(0)
+    net, x = TinyCAMNet().eval(), torch.rand(2, 3, 6, 6)
+    maps, probs = cam.grad_cam(net, x.clone(), cam.target_layer(net), [1, 2])
+    with torch.no_grad():
+        acts, w = net.model[0](x), net.model[1][2].weight[1:]
+        expected = torch.relu(torch.einsum("ck,bkhw->cbhw", w, acts))
+        expected = expected / expected.amax((2, 3), keepdim=True)
+        assert torch.allclose(probs, net(x).softmax(1))
+    assert maps.shape == (2, 2, 6, 6) and torch.allclose(maps, expected, atol=1e-6)
+
+
+def test_cam_command_skips_unreadable_images(tmp_path, capsys):
+    from ultralytics import YOLO
+
+    ckpt = tmp_path / "spayolo-n.pt"
+    YOLO("spayolo-n.yaml").save(ckpt)  # untrained weights suffice to exercise hooks, head output and drawing
+    faces = write_image_folder(tmp_path / "faces", per_class=1, size=40) / "val"
+    header = bytearray(cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    header[18:26] = (40000).to_bytes(4, "little") * 2  # a header claiming 40000x40000 pixels
+    (faces / "happy" / "bomb.bmp").write_bytes(bytes(header))
+    (faces / "sad" / "garbage.png").write_bytes(b"not an image")
+    out = tmp_path / "cam"
+    assert cli.main(["cam", "--model", str(ckpt), "--source", str(faces), "--out", str(out), "--imgsz", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping unreadable" in err and "bomb.bmp" in err and "garbage.png" in err
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [f"cam_{i}.png" for i in range(7)]  # one grid per class; the YAML model's names are 0..6
+    assert cv2.imread(str(out / pngs[0])).shape == (128, 2 * 128, 3)  # two faces, 128-px tiles
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_class(tmp_path_factory):
+    """A tiny two-class image folder with val/ only and an untrained classifier for it."""
+    from ultralytics.nn.tasks import ClassificationModel
+
+    root = tmp_path_factory.mktemp("eval")
+    names = ("happy", "sad")
+    data = write_image_folder(root / "faces", classes=names, per_class=3, size=32)
+    model = ClassificationModel("spayolo-n.yaml", nc=2, verbose=False)
+    model.names = dict(enumerate(names))
+    ckpt = root / "tiny.pt"
+    torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, ckpt)
+    return data, ckpt
+
+
+def test_evaluate_per_class_matches_confusion(two_class, capsys):
+    data, ckpt = two_class
+    report = evaluate(str(ckpt), str(data), imgsz=32, batch=2, device="cpu")
+    confusion = np.array(report["confusion"])
+    assert confusion.shape == (2, 2) and confusion.sum() == report["images"] == 6
+    assert report["support"] == {"happy": 3, "sad": 3} and report["split"] == "val" and report["tta"] is False
+    for i, name in enumerate(("happy", "sad")):
+        assert report["per_class"][name] == pytest.approx(confusion[i, i] / 3)
+    assert report["top1"] == pytest.approx(np.trace(confusion) / 6, abs=1e-3)
+    assert "| **all (top-1)** | 6 |" in table(report)
+    assert cli.main(["evaluate", "--model", str(data / "nope.pt"), "--data", str(data)]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_split_the_data_lacks(two_class, capsys):
+    data, ckpt = two_class
+    assert cli.main(["evaluate", "--model", str(ckpt), "--data", str(data), "--split", "test", "--imgsz", "32"]) == 2
+    assert "no test/ split" in capsys.readouterr().err  # Ultralytics would quietly score val/ instead
+
+
+def test_flip_tta_validator_averages_image_and_mirror():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3), torch.nn.Softmax(1))
+    validator = FlipTTAValidator.__new__(FlipTTAValidator)
+    validator.device, validator.args = torch.device("cpu"), types.SimpleNamespace(quantize=32, half=False)
+    x = torch.rand(2, 3, 4, 4)
+    batch = validator.preprocess({"img": x.clone(), "cls": torch.tensor([0, 1])})
+    assert batch["img"].shape[0] == 4 and torch.equal(batch["cls"], torch.tensor([0, 1]))
+    probs = validator.postprocess(net(batch["img"]))
+    assert torch.allclose(probs, (net(x) + net(x.flip(-1))) / 2)
+
+
+def test_evaluate_tta_on_pytorch_and_onnx(two_class, tmp_path, monkeypatch):
+    from ultralytics import YOLO
+
+    data, ckpt = two_class
+    monkeypatch.chdir(tmp_path)
+    exported = YOLO(str(ckpt)).export(format="onnx", imgsz=32, dynamic=True, opset=17)
+    pt = evaluate(str(ckpt), str(data), imgsz=32, batch=2, device="cpu", tta=True)
+    onnx = evaluate(exported, str(data), imgsz=32, batch=2, device="cpu", tta=True)
+    assert pt["tta"] and pt["images"] == onnx["images"] == 6 and pt["confusion"] == onnx["confusion"]
+
+
+# --- kfold -------------------------------------------------------------------------------------------------------------
+
+
+def test_kfold_argument_errors(tmp_path, capsys):
+    for k in range(2):
+        write_image_folder(tmp_path / "tiny" / f"fold{k}", per_class=1, size=32)
+    for args, message in (([str(tmp_path / "tiny"), "imgsz"], "key=value"), ([str(tmp_path)], "no fold<k>/train"),
+                          ([str(tmp_path / "tiny"), "--folds", "7"], "--folds 7: the dataset has folds 0-1"),
+                          ([str(tmp_path / "tiny"), "--model", str(tmp_path / "x.pt")], "x.pt")):
+        assert cli.main(["kfold", *args]) == 2, args
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="fixed split"):
+        fold_roots("fer2013")
+
+
+@pytest.mark.slow
+def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_path, capsys):
+    for k in range(3):
+        write_image_folder(tmp_path / "tiny" / f"fold{k}", per_class=2, size=32)
+    args = [str(tmp_path / "tiny"), "--model", "spayolo-n.yaml", "--epochs", "1", "--project", str(tmp_path / "runs"),
+            "--folds", "0,1", "imgsz=32", "batch=4", "workers=0", "device=cpu", "plots=False", "amp=False", "lr0=5e-4"]
+    assert cli.main(["kfold", *args]) == 0
+    report = json.loads((tmp_path / "runs" / "tiny-spayolo-n" / "kfold.json").read_text())
+    assert set(report["top1_per_fold"]) == {"0", "1"} and 0 <= report["top1_mean"] <= 1 and report["complete"]
+    assert report["imgsz_per_fold"] == {"0": 32, "1": 32} and report["weights"] == "last epoch of each fold"
+    assert report["overrides"]["lr0"] == 5e-4  # parsed as the yolo CLI does (YAML would keep "5e-4" a string)
+    # fold 2 cannot train (its train/ holds no images): fold 1 stays on record
+    for image in (tmp_path / "tiny" / "fold2" / "train").rglob("*.jpg"):
+        image.unlink()
+    args[args.index("0,1")] = "1,2"
+    assert cli.main(["kfold", *args]) == 1
+    assert "fold 2 failed" in capsys.readouterr().err
+    report = json.loads((tmp_path / "runs" / "tiny-spayolo-n" / "kfold.json").read_text())
+    assert set(report["top1_per_fold"]) == {"1"} and not report["complete"] and "2" in report["failed"]
