@@ -41,7 +41,8 @@ def _checked(path: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() != ".pt":
-        hint = " (a model YAML is untrained: train it first, then pass its best.pt)" if path.suffix in (".yaml", ".yml") else ""
+        yaml = path.suffix in (".yaml", ".yml")
+        hint = " (a model YAML is untrained: train it first, then pass its best.pt)" if yaml else ""
         raise CheckpointError(f"{path} is not a .pt checkpoint{hint}")
     return path
 
@@ -92,7 +93,8 @@ def load_checkpoint(path: str | Path, trusted: bool = False) -> tuple[nn.Module,
     model = model.float().eval()
     model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
     # a ClassificationModel is a classifier whatever its head rows look like to Ultralytics' guess
-    model.task = "classify" if isinstance(model, ClassificationModel) else getattr(model, "task", None) or guess_model_task(model)
+    classifier = isinstance(model, ClassificationModel)
+    model.task = "classify" if classifier else getattr(model, "task", None) or guess_model_task(model)
     return model, ckpt
 
 

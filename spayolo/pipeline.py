@@ -225,10 +225,9 @@ class _Classifier:
         return y
 
 
-def _at_least(name: str, value: float, low: float, strict: bool = True) -> float:
+def _require_above(name: str, value: float | None, low: float, strict: bool = True) -> None:
     if value is not None and (value <= low if strict else value < low):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
-    return value
 
 
 class FERPipeline:
@@ -262,9 +261,9 @@ class FERPipeline:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        _at_least("min_face", min_face, 0)
-        _at_least("imgsz", imgsz, 0)
-        _at_least("margin", margin, 0, strict=False)
+        _require_above("min_face", min_face, 0)
+        _require_above("imgsz", imgsz, 0)
+        _require_above("margin", margin, 0, strict=False)
         self.device = _device(device)
         self.classifier = _Classifier(model, self.device, half, trusted)  # first: a bad model fails before MTCNN loads
         self.detector: FaceDetector = build_detector(detector, self.device, min_face, backend, trusted)

@@ -57,18 +57,20 @@ class FrameSource:
 
     ``current`` is the file name of the frame last yielded by a folder or image source (None for video), so that
     results can be matched to files after undecodable ones are skipped. ``size`` is (width, height) large enough
-    for every frame when it can be known up front (images: from their headers), else None.
+    for every frame when it can be known up front (images: from their headers), else None. ``inputs`` are the
+    files it reads, so that outputs can be checked against them.
     """
 
-    def __init__(self, name: str, frames: Iterator[np.ndarray], total: int | None = None, live: bool = False,
-                 sequential: bool = True, size: tuple[int, int] | None = None, inputs: tuple[Path, ...] = ()):
+    def __init__(self, name: str, frames: Iterator[tuple[str | None, np.ndarray]], total: int | None = None,
+                 live: bool = False, sequential: bool = True, size: tuple[int, int] | None = None,
+                 inputs: tuple[Path, ...] = ()):
         self.name, self.total, self.live, self.sequential, self.size = name, total, live, sequential, size
-        self.inputs = inputs  # files read, so that outputs can be checked against them
-        self.current: str | None = None
-        self._frames = frames
+        self.inputs, self.current = inputs, None
+        self._frames = frames  # (file name or None, frame) pairs
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self._frames
+        for self.current, frame in self._frames:
+            yield frame
 
 
 def _video(cap: cv2.VideoCapture, name: str, live: bool, total: int | None = None, retries: int = 5):
@@ -86,13 +88,13 @@ def _video(cap: cv2.VideoCapture, name: str, live: bool, total: int | None = Non
                 if live or (total and i < total - retries):
                     raise StreamError(f"{name}: no frame after {i} frames (stream dropped or frame undecodable)")
                 return
-            yield frame
+            yield None, frame
             i += 1
     finally:
         cap.release()
 
 
-def _images(source: FrameSource, files: list[Path]):
+def _images(name: str, files: list[Path]):
     decoded = 0
     for file in files:
         image = read_image(file)
@@ -100,10 +102,9 @@ def _images(source: FrameSource, files: list[Path]):
             print(f"warning: skipping undecodable image {file}", file=sys.stderr)
             continue
         decoded += 1
-        source.current = file.name
-        yield image
+        yield file.name, image
     if not decoded:
-        raise SourceError(f"{source.name}: none of its {len(files)} image(s) could be decoded")
+        raise SourceError(f"{name}: none of its {len(files)} image(s) could be decoded")
 
 
 def _image_size(files: list[Path]) -> tuple[int, int] | None:
@@ -142,10 +143,8 @@ def open_source(source: str | int | Path) -> FrameSource:
         files = image_files(path) if path.is_dir() else [path]
         if not files:
             raise SourceError(f"no images in folder: {path}")
-        src = FrameSource(str(path), iter(()), len(files), sequential=False, size=_image_size(files),
-                          inputs=(path, *files))
-        src._frames = _images(src, files)
-        return src
+        return FrameSource(str(path), _images(str(path), files), len(files), sequential=False,
+                           size=_image_size(files), inputs=(path, *files))
     cap = _capture(str(path), f"video file {path}")
     if int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") == b"ansi":  # FFmpeg renders any text file as video
         cap.release()

@@ -147,3 +147,22 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, path)
     return path
+
+
+class _Payload:
+    """Pickles as a call to open(marker, 'w'): loading it with plain pickle creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def crafted_checkpoint(folder: Path) -> tuple[Path, Path]:
+    """A .pt whose unpickling runs code (it creates a marker file): (checkpoint, marker)."""
+    import torch
+
+    marker, path = folder / "pwned", folder / "crafted.pt"
+    torch.save({"model": _Payload(marker)}, path)
+    return path, marker

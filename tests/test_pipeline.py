@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import PHOTOS, package_file, small_hopper, write_video
+from conftest import PHOTOS, crafted_checkpoint, package_file, small_hopper, write_video
 from spayolo.checkpoints import CheckpointError
 from spayolo.face.detectors import Detections, MTCNNDetector, YOLOFaceDetector, YuNetDetector, build_detector
 from spayolo.face.mtcnn import PNet
@@ -30,7 +29,7 @@ def fer(tiny_ckpt, detector) -> FERPipeline:
     return FERPipeline(tiny_ckpt, detector=detector, backend="torch")
 
 
-# --- MTCNN and the other detectors -------------------------------------------------------------------------------
+# --- MTCNN and the other detectors ------------------------------------------------------------------------------------
 
 
 def test_weight_shapes_and_tf_layout(detector):
@@ -161,7 +160,7 @@ def test_yolo_detector_honours_min_face_and_backend(tmp_path, monkeypatch):
     np.testing.assert_array_equal(found.boxes, [[10, 10, 60, 90]])  # the 30 px face is below min_face
 
 
-# --- FERPipeline ---------------------------------------------------------------------------------------------------
+# --- FERPipeline ------------------------------------------------------------------------------------------------------
 
 
 def test_photos_labels_and_boxes(fer):
@@ -376,20 +375,8 @@ def test_bad_arguments_are_named(tiny_ckpt, kwargs, message):
         FERPipeline(tiny_ckpt, **kwargs)
 
 
-class _Payload:
-    """Pickles as a call to open(marker, 'w'): loading it with plain pickle creates the marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
 def test_checkpoints_load_restricted_unless_trusted(tmp_path):
-    marker = tmp_path / "pwned"
-    crafted = tmp_path / "crafted.pt"
-    torch.save({"model": _Payload(marker)}, crafted)
+    crafted, marker = crafted_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="crafted.pt was refused by restricted loading.*--trust-checkpoint"):
         FERPipeline(crafted)
     assert not marker.exists()  # nothing in the file ran

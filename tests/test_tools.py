@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, count_frames, run_cli, small_hopper, write_image_folder, write_video, yolo_cli
+from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hopper, write_image_folder, write_video,
+                      yolo_cli)
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
@@ -82,7 +83,20 @@ def test_readme_setup_installs_what_its_test_command_needs():
     assert 'pip install -q -e ".[test]"' in (REPO / ".ci" / "run").read_text()
 
 
-# --- live --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["live", "evaluate", "kfold", "cam"])
+def test_commands_load_checkpoints_restricted(tmp_path, capsys, command):
+    crafted, marker = crafted_checkpoint(tmp_path)
+    data = write_image_folder(tmp_path / "faces", per_class=1, size=32)
+    args = {"live": ["--source", str(data / "val" / "happy"), "--no-show", "--save", "", "--json", ""],
+            "evaluate": ["--data", str(data)], "kfold": [str(tmp_path / "none")], "cam": ["--source", str(data)]}
+    (tmp_path / "none" / "fold0" / "train").mkdir(parents=True)
+    assert cli.main([command, "--model", str(crafted), *args[command]]) == 2
+    err = capsys.readouterr().err
+    assert "crafted.pt was refused by restricted loading" in err and "--trust-checkpoint" in err
+    assert not marker.exists()
+
+
+# --- live -------------------------------------------------------------------------------------------------------------
 
 
 def live(tmp_path: Path, *args: str, model: Path | None = None) -> int:
@@ -187,7 +201,8 @@ def test_live_folder_records_files_and_sizes_the_video_for_all(tmp_path, tiny_ck
     assert [r["file"] for r in records] == ["0_tiny.png", "1_face.png", "3_cut.jpg"]
     assert len(records[1]["faces"]) == 1 and all(f["track_id"] is None for r in records for f in r["faces"])
     cap = cv2.VideoCapture(str(out))
-    assert count_frames(out) == 3 and (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (200, 240)
+    assert count_frames(out) == 3  # the 1x1 image did not set the size: every frame fits
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (200, 240)
 
 
 def test_live_goes_headless_without_a_display(tmp_path, tiny_ckpt, capsys, monkeypatch):
@@ -243,7 +258,7 @@ def test_live_sigterm_keeps_video_and_records_complete(tmp_path, tiny_ckpt):
     assert f"wrote {out}" in stdout
 
 
-# --- overlay -----------------------------------------------------------------------------------------------------------
+# --- overlay ----------------------------------------------------------------------------------------------------------
 
 
 def _face(box, names=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")) -> Face:
@@ -269,7 +284,7 @@ def test_overlay_stays_inside_the_frame_and_clear_of_the_fps():
         assert bar.sum() >= 7 * 9, (j, bar.sum())
 
 
-# --- prepare -----------------------------------------------------------------------------------------------------------
+# --- prepare ----------------------------------------------------------------------------------------------------------
 
 
 def pixels(value: int, n: int = 48 * 48) -> str:
@@ -481,7 +496,7 @@ def test_stock_cli_resolves_dataset_names(tmp_path, monkeypatch):
     assert "spayolo prepare ckplus" in output and str(tmp_path / "ckplus" / "fold2") in output
 
 
-# --- cam -------------------------------------------------------------------------------------------------------------
+# --- cam --------------------------------------------------------------------------------------------------------------
 
 
 class TinyCAMNet(torch.nn.Module):
@@ -527,7 +542,7 @@ def test_cam_command_skips_unreadable_images(tmp_path, capsys):
     assert cv2.imread(str(out / pngs[0])).shape == (128, 2 * 128, 3)  # two faces, 128-px tiles
 
 
-# --- evaluate ----------------------------------------------------------------------------------------------------------
+# --- evaluate ---------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -588,7 +603,7 @@ def test_evaluate_tta_on_pytorch_and_onnx(two_class, tmp_path, monkeypatch):
     assert pt["tta"] and pt["images"] == onnx["images"] == 6 and pt["confusion"] == onnx["confusion"]
 
 
-# --- kfold -------------------------------------------------------------------------------------------------------------
+# --- kfold ------------------------------------------------------------------------------------------------------------
 
 
 def test_kfold_argument_errors(tmp_path, capsys):

@@ -53,7 +53,7 @@ def stop_on_sigterm():
 
 
 def display_available() -> bool:
-    """Whether a preview window can open: on Linux an X11 or Wayland display must be set (else Qt aborts the process)."""
+    """Whether a preview window can open: on Linux an X11 or Wayland display must be set, else Qt aborts the process."""
     return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
@@ -241,7 +241,9 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
     from ultralytics.utils import TQDM
 
     code, t0, fps = 0, time.perf_counter(), 0.0
-    bar = TQDM(total=source.total, desc=Path(source.name).name, unit="frame") if source.total and not source.live else None
+    bar = None
+    if source.total and not source.live:
+        bar = TQDM(total=source.total, desc=Path(source.name).name, unit="frame")
     tic = time.perf_counter()
     try:
         with stop_on_sigterm():

@@ -120,12 +120,14 @@ class YOLOFaceDetector(FaceDetector):
         self.device, self.conf, self.imgsz, self.min_face = torch.device(device), conf, imgsz, min_face
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
-        results = self.model.predict(list(images), conf=self.conf, imgsz=self.imgsz, device=str(self.device), verbose=False)
+        results = self.model.predict(list(images), conf=self.conf, imgsz=self.imgsz, device=str(self.device),
+                                     verbose=False)
         out = []
         for r in results:
             kpts = getattr(r, "keypoints", None)
             lmk = kpts.xy.cpu().numpy() if kpts is not None and kpts.xy.shape[1] == 5 else None
-            out.append(_at_least(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), lmk), self.min_face))
+            found = Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), lmk)
+            out.append(_at_least(found, self.min_face))
         return out
 
 
