@@ -2,7 +2,7 @@
 
 import sys
 
-from spayolo.apps.demo import DEMO, demo_photos, main, make_demo  # noqa: F401  tools/benchmark.py imports demo_photos
+from spayolo.apps.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())
