@@ -16,7 +16,7 @@ Ultralytics has no plugin hook for layers, model names or datasets, so spayolo r
 - ``check_cls_dataset`` in ``ultralytics.data.utils`` and in the trainer, validator and exporter modules, which import it
   by name (:data:`spayolo._autoload.WATCHED`): wrapped so that ``data=fer2013.yaml`` resolves to the prepared folder.
 - ``BaseTrainer.build_optimizer(self, model, name, lr, momentum, decay, iterations)``: extended with ``optimizer=Adan``
-  by :func:`spayolo.engine.optimizers.install_optimizers`.
+  by :func:`spayolo.engine.optimizers.install_optimizers` once ``ultralytics.engine.trainer`` has executed.
 - ``ultralytics.utils.ops.make_divisible``: the width rule of :func:`spayolo.registry.scale_width`.
 
 Ultralytics is imported inside the functions: importing it runs the hook in :mod:`spayolo._autoload`, which calls
@@ -25,6 +25,7 @@ Ultralytics is imported inside the functions: importing it runs the hook in :mod
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from .registry import BLOCKS
 
 __all__ = ("install", "model_yaml", "patch", "use_dataset_names")
 
-TASKS = "ultralytics.nn.tasks"
+TASKS, TRAINER = "ultralytics.nn.tasks", "ultralytics.engine.trainer"
 
 
 def model_yaml(name: str | Path) -> tuple[Path, str] | None:
@@ -107,21 +108,20 @@ def install() -> None:
         UnsupportedUltralyticsError: The installed Ultralytics is outside the supported range.
     """
     check_ultralytics()
-    import ultralytics.engine.model as engine_model
     from ultralytics.nn import tasks
 
     # Every block registers as its module executes; when spayolo.nn is the import that loaded Ultralytics, the rest
     # of its blocks register before any YAML can be parsed.
     import spayolo.nn  # noqa: F401
-    from spayolo.engine.optimizers import install_optimizers  # the engine package may import Ultralytics itself
 
     vars(tasks)[PROBE.__name__] = PROBE
     _wrap(tasks, "parse_model", make_parse_model)
     _wrap(tasks, "check_yaml", _check_yaml)
     _wrap(tasks, "guess_model_scale", _guess_model_scale)
     _wrap(tasks, "guess_model_task", _guess_model_task)
-    engine_model.guess_model_task = tasks.guess_model_task
-    install_optimizers()
+    # Imported later, the engine takes the wrapper by name itself; importing it here could meet a half-imported module.
+    if (engine_model := sys.modules.get("ultralytics.engine.model")) is not None:
+        engine_model.guess_model_task = tasks.guess_model_task
 
 
 _WARNED = []
@@ -129,6 +129,9 @@ _WARNED = []
 
 def patch(module) -> None:
     """Called by the import hook once a watched Ultralytics module has executed: apply the patches it needs.
+
+    Each module is patched when it has executed, never imported from here: the hook may fire while another
+    Ultralytics module is half-imported (``import ultralytics.data.utils`` first imports the parser from within).
 
     Only an unsupported Ultralytics release is turned into a warning, so that Ultralytics stays usable on its own;
     any other error (a bug in spayolo.nn included) propagates to the import that triggered it.
@@ -149,4 +152,8 @@ def patch(module) -> None:
         install()
     else:
         use_dataset_names(module)
+    if module.__name__ == TRAINER:
+        from spayolo.engine.optimizers import install_optimizers  # the engine package may import Ultralytics itself
+
+        install_optimizers()
 

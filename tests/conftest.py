@@ -65,6 +65,18 @@ def _built(name: str, nc: int | None, meta: bool):
         return ClassificationModel(name, nc=nc, verbose=False)
 
 
+def ss2d_params(c, n, k):
+    """Hand count of SS2D(c, n, expand=1, directions=k), r = ceil(c / 16)."""
+    r = -(-c // 16)
+    return (c * 2 * c  # in_proj, x and z, no bias
+            + c * 9 + c  # depthwise 3x3 with bias
+            + k * (r + 2 * n) * c  # per-direction x_proj -> (dt, B, C)
+            + k * c * r + k * c  # per-direction dt_proj and dt bias
+            + k * c * n + k * c  # A_log and D
+            + 2 * c  # LayerNorm
+            + c * c)  # out_proj
+
+
 def onnx_run(model, *inputs) -> np.ndarray:
     """Export ``model`` in memory (opset 17, TorchScript exporter), run it in ONNX Runtime and return its one output."""
     import io

@@ -6,7 +6,10 @@ import sys
 import textwrap
 
 import pytest
+
 from conftest import run_cli, yolo_cli
+
+pytestmark = pytest.mark.slow  # every test here trains in a subprocess or reuses that training
 
 
 @pytest.fixture(scope="module")
@@ -76,36 +79,3 @@ def test_resume_in_new_process(tiny_dataset, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "from epoch 2 to 2 total epochs" in output and "optimizer=Adan" in output
-
-
-def test_fresh_interpreter_parses_yaml_without_import(tmp_path):
-    """What Ultralytics' DDP children do: re-parse the YAML in a new interpreter that never imported spayolo."""
-    code = "from ultralytics.nn.tasks import ClassificationModel as M; print(type(M('spayolo-s.yaml', nc=7).model[7]).__name__)"
-    result = run_cli([sys.executable, "-c", code], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("SPAM")
-
-
-FOREIGN = textwrap.dedent(
-    """
-    import sys, torch
-    sys.path.insert(0, sys.argv[2])
-    import foreign
-    from ultralytics.nn.tasks import ClassificationModel
-    model = ClassificationModel("spayolo-n.yaml", nc=2, verbose=False)
-    model.model[7] = foreign.Sneaky()
-    torch.save({"model": model, "train_args": {}}, sys.argv[1])
-    """
-)
-
-
-def test_safe_load_refuses_other_classes(tmp_path):
-    """The allow-list admits spayolo's classes and nothing else that Ultralytics would not admit."""
-    (tmp_path / "foreign.py").write_text("import torch\nclass Sneaky(torch.nn.Identity):\n    pass\n")
-    ckpt = tmp_path / "foreign.pt"
-    made = run_cli([sys.executable, "-c", FOREIGN, str(ckpt), str(tmp_path)], cwd=tmp_path)
-    assert made.returncode == 0, made.stderr[-3000:]
-    load = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from ultralytics import YOLO; YOLO({str(ckpt)!r})"
-    result = run_cli([sys.executable, "-c", load], cwd=tmp_path, env={"ULTRALYTICS_SAFE_LOAD": "1"})
-    assert result.returncode != 0
-    assert "foreign.Sneaky" in result.stderr

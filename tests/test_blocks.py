@@ -1,0 +1,514 @@
+"""Block-level tests: each spayolo block against hand-derived values, its paper's equations, gradients and ONNX Runtime.
+
+SPAM (SPAYOLO eq. 1-10), the LANMSFF, WAMF and MSFF blocks, FERMam's selective scan and blocks, and the shared pieces.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import n_params, onnx_run, ss2d_params
+from spayolo.nn.fermam import ASFR, SS2D, ConvSSM, cross_merge, cross_scan
+from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFHead, MassAtt
+from spayolo.nn.msff import BFEU, FFM, MSFFModule
+from spayolo.nn.scan import _cuda_kernel, random_scan_inputs, selective_scan, selective_scan_chunked
+from spayolo.nn.spam import FEP, GAM, SPAM, _dft_basis, real_dft2
+from spayolo.nn.wamf import MF, WA, CapsuleHead, squash
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny inputs: one thread is faster, and on a shared 2-core machine two threads spin against other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Pair(nn.Module):
+    """Feeds two tensors to a list-`from` block, so it can be exported."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, a, b):
+        return self.m([a, b])
+
+
+class Many(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, *x):
+        return self.m(list(x))
+
+
+def onnx_matches(m: nn.Module, *inputs: torch.Tensor, atol: float = 1e-4) -> None:
+    m.eval()
+    with torch.no_grad():
+        ref = m(*inputs)
+    ref = ref[0] if isinstance(ref, tuple) else ref  # a head in eval gives (probs, logits); exported, probs alone
+    np.testing.assert_allclose(onnx_run(m, *inputs), ref.numpy(), atol=atol, rtol=0)
+
+
+def backward_ok(m: nn.Module, *inputs: torch.Tensor) -> None:
+    m.train()
+    y = m(*inputs)
+    y.square().mean().backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# --- shared pieces and conventions
+
+
+@pytest.mark.parametrize("module", ["common", "fermam", "lanmsff", "msff", "spam", "wamf"])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(f"spayolo.nn.{module}"), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("block", [SPAM, ConvSSM, ASFR, MSFFModule, MassAtt, WA, GAM])
+def test_width_keeping_blocks_name_themselves(block):
+    with pytest.raises(ValueError, match=rf"{block.__name__} keeps its width.*c1=16 and c2=32"):
+        block(16, 32)
+
+
+def test_fep_changes_width():
+    """FEP's SE weights come from the c1-channel spectrum and scale the c2-channel compression."""
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    y = FEP(8, 16)(x)
+    assert y.shape == (2, 16, 6, 6)
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_dft_basis_cached_by_a_prediction_still_trains():
+    """Predict, then train at the same size: the cached basis must not be an inference tensor (issue 12.9)."""
+    _dft_basis.cache_clear()
+    with torch.inference_mode():
+        real_dft2(torch.randn(1, 2, 5, 5))
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    real_dft2(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# --- SPAM (SPAYOLO eq. 1-10)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 4, 14, 14), (2, 2, 28, 28), (1, 2, 6, 10)])
+def test_real_dft2_matches_fft(shape):
+    x = torch.randn(shape, dtype=torch.float32)
+    h, w = shape[-2:]
+    expected = torch.fft.fft2(x.double()).real / math.sqrt(h * w)
+    assert torch.allclose(real_dft2(x).double(), expected, atol=1e-5)
+
+
+def test_spam_parameter_count_by_hand():
+    c = 16
+    # HRM: 4 pointwise Conv(c,c) = 4(c^2 + 2c) [weights + BN], depthwise 3/5/7 = c(9+25+49) + 3*2c, mix weights 3+3,
+    # shared fusion Conv = c^2 + 2c. FEP: scale+bias 2c, SE (hidden 8) 17c + 8, compress c^2 + 2c. GAM: SE 17c + 8.
+    expected = 4 * (c * c + 2 * c) + c * 83 + 6 * c + 6 + (c * c + 2 * c) + 2 * c + (17 * c + 8) + (c * c + 2 * c) + (17 * c + 8)
+    assert expected == 6 * c * c + 137 * c + 22
+    assert n_params(SPAM(c, c)) == expected
+    assert n_params(SPAM(c, c, frequency=False)) == expected - (2 * c + 17 * c + 8 + c * c + 2 * c)
+    # multiscale=False: one Conv(c, 2c, 1) = 2c^2 + 4c replaces the branches, mix weights and fusion.
+    assert n_params(SPAM(c, c, multiscale=False)) == 2 * c * c + 4 * c + (c * c + 21 * c + 8) + (17 * c + 8)
+
+
+@pytest.mark.parametrize("attention", ["gate", "spatial"])
+@pytest.mark.parametrize("size", [7, 13])
+def test_spam_shape_and_gradients(attention, size):
+    torch.manual_seed(0)
+    block = SPAM(32, 32, attention=attention)
+    x = torch.randn(2, 32, size, size, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    assert x.grad is not None and all(p.grad is not None for p in block.parameters())
+
+
+def test_gam_follows_equations_8_to_10():
+    torch.manual_seed(0)
+    gam = GAM(8, 8).eval()
+    x, q, k, v = (torch.randn(1, 8, 5, 5) for _ in range(4))
+    gate = gam.global_gate
+    g = torch.sigmoid(gate.fc2(torch.relu(gate.fc1(v.mean((2, 3), keepdim=True)))))
+    expected = (torch.sigmoid(q * v) * v) * g + x
+    assert torch.allclose(gam(x, q, k, v), expected, atol=1e-6)
+
+
+def test_spam_rejects_width_change_and_unknown_attention():
+    with pytest.raises(ValueError, match="c1=16 and c2=32"):
+        SPAM(16, 32)
+    with pytest.raises(ValueError, match="'gate' or 'spatial'"):
+        SPAM(16, 16, attention="global")
+
+
+def test_spam_is_deterministic_given_seed():
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        block = SPAM(16, 16).eval()
+        outputs.append(block(torch.randn(1, 16, 9, 9)))
+    assert torch.equal(*outputs)
+
+
+def test_spam_onnx_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    block = SPAM(16, 16).eval()
+    x = torch.randn(2, 16, 14, 14)
+    path = tmp_path / "spam.onnx"
+    torch.onnx.export(block, (x,), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (x, torch.randn(3, 16, 14, 14)):
+        (onnx_out,) = session.run(None, {"x": batch.numpy()})
+        assert abs(onnx_out - block(batch).detach().numpy()).max() < 1e-4
+
+
+# --- LANMSFF
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (13, 13), (8, 8), (5, 9), (1, 1)])
+def test_massatt_shape_odd_sizes(hw):
+    x = torch.randn(2, 16, *hw)
+    assert MassAtt(16)(x).shape == x.shape
+
+
+def test_massatt_params_and_values():
+    m = MassAtt(16)
+    # channel path (SE gate, reduction 4): 1x1 conv 16 -> 4 16*4+4 = 68, 1x1 conv 4 -> 16 4*16+16 = 80 -> 148
+    # spatial path: conv 1->2 1*2*9+2 = 20, conv 2->4 2*4*9+4 = 76, deconv 4->4 4*4*9+4 = 148, deconv 4->1 4*1*9+1 = 37
+    assert n_params(m) == 148 + 20 + 76 + 148 + 37 == 429
+    # zeroed last layers: A_c = sigmoid(0) = 0.5 and A_s = sigmoid(0) = 0.5, so Y = X / 4 (eq. 3)
+    for layer in (m.channel.fc2, m.up2):
+        nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+    x = torch.randn(2, 16, 7, 7)
+    torch.testing.assert_close(m(x), x / 4)
+
+
+def test_pwfs_divisible_values():
+    x = torch.randn(2, 9, 4, 4)
+    groups = torch.stack((x[:, 0:3], x[:, 3:6], x[:, 6:9]))
+    ref = (groups.max(0).values + groups.min(0).values) / 2  # eq. 2
+    torch.testing.assert_close(PWFS(9)(x), ref)
+    assert n_params(PWFS(9)) == 0
+
+
+def test_pwfs_not_divisible():
+    # C = 8: g = ceil(8/3) = 3 groups' members {0,3,6}, {1,4,7}, {2,5} -> the last output uses only channels 2 and 5
+    x = torch.randn(2, 8, 3, 3)
+    y = PWFS(8)(x)
+    assert y.shape == (2, 3, 3, 3)
+    for j, members in enumerate(([0, 3, 6], [1, 4, 7], [2, 5])):
+        g = x[:, members]
+        torch.testing.assert_close(y[:, j], (g.amax(1) + g.amin(1)) / 2)
+    # C = 4: g = 2, the last group is empty, so output 0 reduces channels {0, 2} and output 1 channels {1, 3}
+    x = torch.randn(1, 4, 2, 2)
+    a, b = x[:, 0], x[:, 2]
+    torch.testing.assert_close(PWFS(4)(x)[:, 0], (torch.maximum(a, b) + torch.minimum(a, b)) / 2)
+    with pytest.raises(ValueError, match="at least 3"):
+        PWFS(2)
+
+
+def test_lanmsff_block():
+    # h = 16/2 = 8; six 3x3 Conv(8, 8): 8*8*9 + 2*8 (BN) = 592 each -> 3552; MassAtt(16) = 429;
+    # 1x1 Conv(16, 24): 16*24 + 2*24 = 432
+    m = LANMSFFBlock(16, 24)
+    assert n_params(m) == 3552 + 429 + 432 == 4413
+    assert n_params(LANMSFFBlock(16, 24, massatt=False)) == 3552 + 432
+    x = torch.randn(2, 16, 7, 7)
+    assert m(x).shape == (2, 24, 7, 7)
+    backward_ok(m, x)
+    with pytest.raises(ValueError, match="even"):
+        LANMSFFBlock(15, 16)
+
+
+def test_lanmsff_head_modes():
+    # PWFS widths ceil(9/3) + ceil(8/3) = 3 + 3, plus the last stage's 16 -> Linear(22, 7) = 22*7 + 7 = 161
+    head = LANMSFFHead([9, 8, 16], 7)
+    assert n_params(head) == 161
+    assert n_params(LANMSFFHead([9, 8, 16], 7, pwfs=False)) == (9 + 8 + 16) * 7 + 7 == 238
+    x = [torch.randn(2, 9, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
+    assert head.train()(x).shape == (2, 7)
+    probs, logits = head.eval()(x)
+    torch.testing.assert_close(probs, logits.softmax(1))
+    traced = torch.jit.trace(Many(head), tuple(x))  # exporting (ONNX, TorchScript): the probabilities alone
+    torch.testing.assert_close(traced(*x), probs)
+
+
+# --- WAMF
+
+
+def test_wa():
+    m = WA(8)
+    assert n_params(m) == 2 * 8 * 8 + 8 == 136  # one shared 1x1 conv 2C -> C with bias
+    x = torch.randn(2, 8, 5, 7)
+    assert m(x).shape == x.shape
+    nn.init.zeros_(m.mix.weight), nn.init.zeros_(m.mix.bias)
+    torch.testing.assert_close(m(x), x / 4)  # both direction gates are sigmoid(0) = 0.5
+
+
+def test_mf():
+    m = MF([16, 8], 16, 7, 2)
+    # branch Conv(8, 16, 7, s=2): 8*16*49 + 32 = 6304; fuse Conv(32, 16, 1): 32*16 + 32 = 544
+    assert n_params(m) == 6304 + 544 == 6848
+    out, inp = torch.randn(2, 16, 4, 4), torch.randn(2, 8, 7, 7)  # stride 2 with padding: ceil(7/2) = 4
+    assert m([out, inp]).shape == (2, 16, 4, 4)
+    with pytest.raises(ValueError, match="stride"):
+        m([out, torch.randn(2, 8, 4, 4)])
+
+
+def naive_routing(head: CapsuleHead, x: torch.Tensor) -> torch.Tensor:
+    """Dynamic routing written per primary capsule (Sabour et al. 2017, Procedure 1), for reference."""
+    t, d = head.types, head.dim
+    p = head.primary(x)  # (B, T*D, H, W)
+    b_, _, h, w = p.shape
+    lengths = []
+    for s in range(b_):
+        u_hat = []
+        for i in range(h * w):
+            for k in range(t):
+                u = squash(p[s, k * d : (k + 1) * d].flatten(1)[:, i])
+                u_hat.append((u @ head.weight[k]).view(head.nc, head.out_dim))
+        u_hat = torch.stack(u_hat)  # (N, nc, D_out)
+        logit = torch.zeros(u_hat.shape[:2])
+        for r in range(head.iters):
+            c = logit.softmax(1)
+            v = squash((c[..., None] * u_hat).sum(0))
+            logit = logit + (u_hat * v).sum(-1)
+        lengths.append(v.norm(dim=-1))
+    return head.scale * torch.stack(lengths)
+
+
+def test_capsule_head():
+    head = CapsuleHead(16, 7, types=4, dim=8, out_dim=16)
+    # primary 1x1: 16*(4*8) + 32 = 544; transforms 4 types * 8 * (7*16) = 3584; logit scale 1
+    assert n_params(head) == 544 + 3584 + 1 == 4129
+    x = torch.randn(2, 16, 3, 3)
+    logits = head.train()(x)
+    assert logits.shape == (2, 7)
+    assert ((logits >= 0) & (logits < head.scale)).all()  # scaled capsule lengths in [0, scale)
+    torch.testing.assert_close(logits, naive_routing(head, x), atol=1e-5, rtol=1e-4)
+    loss = nn.functional.cross_entropy(logits, torch.tensor([0, 6]))  # what ClassificationModel.loss applies
+    loss.backward()
+    assert torch.isfinite(head.weight.grad).all() and head.scale.grad is not None
+    probs, raw = head.eval()(x)
+    torch.testing.assert_close(probs, raw.softmax(1))
+
+
+# --- MSFF
+
+
+def test_msff_module():
+    # BFEU(8): 3x3 Conv 8*8*9 + 16 = 592, 5x5 Conv 8*8*25 + 16 = 1616, 1x1 Conv 16*8 + 16 = 144 -> 2352; m = 2 units
+    m = MSFFModule(8, 8, 2)
+    assert n_params(BFEU(8)) == 592 + 1616 + 144 == 2352
+    assert n_params(m) == 2 * 2352
+    # e = 0.25: branches 2 wide: 8*2*9 + 4 = 148, 8*2*25 + 4 = 404, 1x1 4*8 + 16 = 48
+    assert n_params(BFEU(8, 0.25)) == 148 + 404 + 48
+    x = torch.randn(2, 8, 5, 5)
+    assert m(x).shape == x.shape
+    nn.init.zeros_(m.m[-1].fuse.bn.weight)  # last BFEU outputs zero: the residual (eq. 1) passes x unchanged
+    torch.testing.assert_close(m.eval()(x), x)
+    with pytest.raises(ValueError, match="residual"):
+        MSFFModule(8, 16)
+
+
+def test_ffm():
+    m = FFM([8, 8], 8)
+    assert n_params(m) == 2 + 16 * 8 + 8 == 138  # w1, w2 and the 1x1 conv 2C -> C with bias
+    f1, f2 = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        gate = (0.5 * f1 + 0.5 * f2 + m.conv(torch.cat((f1, f2), 1))).sigmoid()  # eq. 5 at w1 = w2 = 0.5
+        torch.testing.assert_close(m([f1, f2]), gate * f1 + (1 - gate) * f2)
+    with pytest.raises(ValueError):
+        FFM([8, 16], 8)
+
+
+# --- zoo export, determinism
+
+
+def _export_cases():
+    head_l = LANMSFFHead([9, 8, 16], 7)
+    caps = CapsuleHead(16, 7, types=4)
+    return {
+        "MassAtt": (MassAtt(12), torch.randn(1, 12, 7, 7)),
+        "PWFS": (PWFS(8), torch.randn(1, 8, 5, 5)),
+        "LANMSFFBlock": (LANMSFFBlock(12, 16), torch.randn(1, 12, 13, 13)),
+        "LANMSFFHead": (Many(head_l), torch.randn(1, 9, 8, 8), torch.randn(1, 8, 4, 4), torch.randn(1, 16, 2, 2)),
+        "WA": (WA(8), torch.randn(1, 8, 5, 7)),
+        "MF": (Pair(MF([16, 8], 16, 5, 2)), torch.randn(1, 16, 4, 4), torch.randn(1, 8, 8, 8)),
+        "CapsuleHead": (caps, torch.randn(1, 16, 3, 3)),
+        "MSFFModule": (MSFFModule(8, 8, 2), torch.randn(1, 8, 6, 6)),
+        "FFM": (Pair(FFM([8, 8], 8)), torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_export_cases()))
+def test_onnx_export(name):
+    torch.manual_seed(0)
+    m, *inputs = _export_cases()[name]
+    onnx_matches(m, *inputs)
+
+
+def test_zoo_blocks_deterministic_given_seed():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        cases = _export_cases()
+        with torch.no_grad():
+            outs.append([m.eval()(*inputs) for m, *inputs in cases.values()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def reference_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
+    """Token-by-token S6 recurrence: h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t."""
+    batch, d, length = u.shape
+    delta = delta + delta_bias[:, None]
+    delta = F.softplus(delta) if delta_softplus else delta
+    if B.dim() == 3:
+        B, C = B[:, None], C[:, None]
+    B, C = B.repeat_interleave(d // B.shape[1], 1), C.repeat_interleave(d // C.shape[1], 1)  # (batch, d, n, T)
+    h, ys = u.new_zeros(batch, d, A.shape[1]), []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B[..., t] * u[:, :, t, None]
+        ys.append((h * C[..., t]).sum(-1))
+    return torch.stack(ys, -1) + D[:, None] * u
+
+
+# --- FERMam: selective scan
+
+
+@pytest.mark.parametrize("length", [1, 7, 16, 49, 50, 100])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_scan_matches_sequential_reference(length, groups):
+    args = random_scan_inputs(2, 8, 4, length, groups=groups, seed=length)
+    y = selective_scan_chunked(*args, delta_softplus=True, chunk_size=16)
+    torch.testing.assert_close(y, reference_scan(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_scan_chunk_size_does_not_change_result():
+    args = random_scan_inputs(1, 8, 4, 49, seed=1)
+    ys = [selective_scan_chunked(*args, delta_softplus=True, chunk_size=L) for L in (8, 32, 64)]
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ys[0], ys[2], rtol=1e-5, atol=1e-5)
+
+
+def test_scan_no_softplus_and_strong_decay_stay_finite():
+    u, delta, A, B, C, D, bias = random_scan_inputs(1, 4, 4, 40, seed=2)
+    A = A * 1e3  # decays of exp(-1e4) per step: everything beyond the current token underflows to 0, never to nan
+    delta = delta.abs() + 1
+    y = selective_scan_chunked(u, delta, A, B, C, D, bias, False, 16)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, reference_scan(u, delta, A, B, C, D, bias, False), rtol=1e-5, atol=1e-5)
+
+
+def test_scan_gradients_match_reference():
+    args = [t.requires_grad_() for t in random_scan_inputs(1, 4, 4, 20, groups=2, seed=3)]
+    grads = torch.autograd.grad(selective_scan_chunked(*args, delta_softplus=True, chunk_size=8).sum(), args)
+    expected = torch.autograd.grad(reference_scan(*args).sum(), args)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_scan_cuda_half_precision(dtype, atol):
+    args = random_scan_inputs(2, 64, 16, 196, groups=4, seed=4)
+    expected = reference_scan(*args)
+    y = selective_scan_chunked(*(t.cuda().to(dtype) for t in args), delta_softplus=True)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float().cpu(), expected, rtol=atol, atol=atol * expected.abs().max().item())
+
+
+@pytest.mark.skipif(not CUDA or _cuda_kernel() is None, reason="needs CUDA and mamba_ssm")
+def test_scan_cuda_kernel_agrees_with_chunked():
+    args = [t.cuda() for t in random_scan_inputs(2, 64, 16, 196, groups=4, seed=5)]
+    torch.testing.assert_close(selective_scan(*args, delta_softplus=True),
+                               selective_scan_chunked(*args, delta_softplus=True), rtol=1e-4, atol=1e-4)
+
+
+# --- FERMam: blocks
+
+
+@pytest.mark.parametrize("directions", [2, 4])
+def test_cross_scan_merge_round_trip(directions):
+    x = torch.randn(2, 3, 4, 5)
+    xs = cross_scan(x, directions)
+    assert xs.shape == (2, directions, 3, 20)
+    if directions == 4:  # column-major order walks down the first column first
+        torch.testing.assert_close(xs[0, 1, 0, :4], x[0, 0, :, 0])
+    torch.testing.assert_close(xs[:, -1], xs[:, directions // 2 - 1].flip(-1))
+    torch.testing.assert_close(cross_merge(xs, 4, 5), directions * x)
+
+
+def test_block_param_counts():
+    assert ss2d_params(8, 16, 4) == 1952 and ss2d_params(8, 4, 2) == 544
+    conv_path = (8 * 9 + 2 * 8) + (8 * 8 + 2 * 8)  # DWConv 3x3 + BN, Conv 1x1 + BN on half of 16
+    assert n_params(ConvSSM(16, 16)) == conv_path + 1952 == 2120
+    assert n_params(ConvSSM(16, 16, scan=False)) == conv_path
+    level = (32 * 8 + 2 * 8) + (8 * 9 + 2 * 8) + 544  # Conv 1x1 32->8, DWConv 3x3, SS2D(8, n=4, 2 directions)
+    assert n_params(ASFR(32, 32)) == 3 * level + (24 * 32 + 2 * 32) == 3544
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 7, 7), (2, 16, 4, 6), (2, 16, 1, 1)])
+def test_block_shapes_and_backward(shape):
+    x = torch.randn(shape, requires_grad=True)
+    for block in (ConvSSM(16, 16), ConvSSM(16, 16, scan=False), ASFR(16, 16), SS2D(16, directions=2)):
+        y = block.train()(x)
+        assert y.shape == x.shape
+        y.square().mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+    assert torch.isfinite(x.grad).all()
+
+
+def test_blocks_reject_bad_widths():
+    with pytest.raises(ValueError):
+        ConvSSM(16, 32)
+    with pytest.raises(ValueError):
+        ConvSSM(15, 15)
+    with pytest.raises(ValueError):
+        ASFR(16, 8)
+    with pytest.raises(ValueError):
+        SS2D(8, directions=3)
+
+
+def test_ss2d_init():
+    m = SS2D(16, d_state=4)
+    torch.testing.assert_close(-m.A_log.exp()[0], -torch.arange(1.0, 5.0))
+    dt = F.softplus(m.dt_bias)
+    assert (dt > 0.9e-4).all() and (dt < 0.11).all()
+
+
+def test_fermam_blocks_deterministic_given_seed():
+    x = torch.randn(1, 16, 6, 6)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        outs.append(torch.nn.Sequential(ConvSSM(16, 16), ASFR(16, 16)).eval()(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_convssm_onnx_matches_torch():
+    torch.manual_seed(0)
+    m = ConvSSM(16, 16).eval()
+    x = torch.randn(1, 16, 10, 10)  # 100 tokens: six full chunks of 16 and a partial one
+    with torch.no_grad():
+        expected = m(x)
+    torch.testing.assert_close(torch.from_numpy(onnx_run(m, x)), expected, rtol=1e-4, atol=1e-4)
