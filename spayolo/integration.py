@@ -13,8 +13,9 @@ Ultralytics has no plugin hook for layers, model names or datasets, so spayolo r
 - ``tasks._SafeLoad.activation`` resolves a YAML's ``activation`` without ``eval``. Restricted loading
   (``ULTRALYTICS_SAFE_LOAD=1``) admits ``torch.serialization.add_safe_globals`` entries, which
   :mod:`spayolo.registry` adds as each class registers.
-- ``check_cls_dataset`` in ``ultralytics.data.utils`` and in the trainer, validator and exporter modules, which import it
-  by name (:data:`spayolo._autoload.WATCHED`): wrapped so that ``data=fer2013.yaml`` resolves to the prepared folder.
+- ``check_cls_dataset`` in ``ultralytics.data.utils`` and in the trainer, validator and exporter modules, which
+  import it by name (:data:`spayolo._autoload.WATCHED`): wrapped so that ``data=fer2013.yaml`` resolves to the
+  prepared folder.
 - ``BaseTrainer.build_optimizer(self, model, name, lr, momentum, decay, iterations)``: extended with ``optimizer=Adan``
   by :func:`spayolo.engine.optimizers.install_optimizers` once ``ultralytics.engine.trainer`` has executed.
 - ``ultralytics.utils.ops.make_divisible``: the width rule of :func:`spayolo.registry.scale_width`.

@@ -56,7 +56,8 @@ def imports_of(path: Path, module_level: bool = True) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parent = package.split(".")[: package.count(".") + 2 - node.level]
+                base = ".".join(parent + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     found = {m for m in found if m in SPAYOLO_MODULES}
@@ -123,7 +124,8 @@ ULTRALYTICS_FIRST = ("ultralytics", "ultralytics.nn.modules", "ultralytics.data.
 
 
 @pytest.mark.parametrize("first", [
-    pytest.param(m, marks=[] if m in FAST_ORDERS else [pytest.mark.slow]) for m in (*SPAYOLO_MODULES, *ULTRALYTICS_FIRST)
+    pytest.param(m, marks=[] if m in FAST_ORDERS else [pytest.mark.slow])
+    for m in (*SPAYOLO_MODULES, *ULTRALYTICS_FIRST)
 ])
 def test_any_import_order_registers_and_loads_safely(first, tmp_path):
     """A fresh interpreter imports one module first; spayolo is then registered once and the shipped weights load

@@ -11,7 +11,7 @@ __all__ = ("SEGate", "channel_shuffle", "classify_output", "same_width")
 
 
 def same_width(block: str, c1: int, c2: int | None) -> int:
-    """Return ``c1`` for a block whose residual or gating keeps its width; ValueError naming the block if ``c2`` differs.
+    """Return ``c1`` for a block whose residual or gate keeps its width; ValueError naming the block if ``c2`` differs.
 
     ``c2=None`` (the block built by hand, outside a YAML) means "same as ``c1``".
     """
