@@ -163,7 +163,7 @@ class _Classifier:
     """A classification model (.pt, .onnx, ultralytics YOLO object or nn.Module) run in PyTorch or ONNX Runtime."""
 
     def __init__(self, model, device: torch.device, half: bool, trusted: bool = False):
-        self.device, self.half, self.runner, self.source = device, half and device.type == "cuda", None, model
+        self.device, self.half, self.runner, self.source = device, half, None, model
         imgsz = names = None
         if model is None:
             model = self.source = DEFAULT_MODEL
@@ -242,7 +242,7 @@ class FERPipeline:
         margin: fraction of the face box side added around it before cropping (>= 0).
         track: IoU tracking with probability smoothing; None = on for stream(), off for __call__.
         gray: feed grayscale replicated to 3 channels (the classifier was trained on grayscale FER images).
-        half: FP16 classifier on CUDA (PyTorch backend).
+        half: FP16 classifier, with a CUDA device and backend 'torch' (refused otherwise).
         min_face: smallest face (pixels) kept. 40 by default: FER2013 faces are 48 px, and a smaller face carries
             too little expression detail, while halving the size would cost MTCNN about 3x the detection time.
         detect_every: with tracking, run the full detector on every n-th frame only and re-locate the tracked faces
@@ -265,6 +265,9 @@ class FERPipeline:
         _require_above("imgsz", imgsz, 0)
         _require_above("margin", margin, 0, strict=False)
         self.device = _device(device)
+        if half and (backend != "torch" or self.device.type != "cuda"):
+            raise ValueError(f"half=True (--half) runs the classifier in FP16 on CUDA with backend='torch'; got "
+                             f"device '{self.device}', backend '{backend}'")
         self.classifier = _Classifier(model, self.device, half, trusted)  # first: a bad model fails before MTCNN loads
         self.detector: FaceDetector = build_detector(detector, self.device, min_face, backend, trusted)
         self.detect_every = int(detect_every)

@@ -369,6 +369,7 @@ def test_missing_model_message(tmp_path):
     ({"min_face": -10}, "min_face must be > 0"),
     ({"margin": -0.1}, "margin must be >= 0"),
     ({"imgsz": -5}, "imgsz must be > 0"),
+    ({"half": True}, "half=True .* on CUDA with backend='torch'"),
 ])
 def test_bad_arguments_are_named(tiny_ckpt, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,8 @@
-"""Face front-end: detectors (MTCNN by default, YOLO or YuNet models on request) returning boxes and landmarks."""
+"""Face front-end: detectors (MTCNN by default, YOLO or YuNet models on request) and eye-aligned crops."""
 
+from .align import aligned_crops
 from .detectors import Detections, FaceDetector, MTCNNDetector, YOLOFaceDetector, YuNetDetector, build_detector
 from .mtcnn import MTCNN
 
-__all__ = ("MTCNN", "Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector", "build_detector")
+__all__ = ("MTCNN", "Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector",
+           "aligned_crops", "build_detector")
