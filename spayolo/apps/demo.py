@@ -1,6 +1,8 @@
 """The built-in demo video: a slow 640x480 pan/zoom over face photos shipped with ultralytics and matplotlib.
 
-    python tools/make_demo.py [--out ~/.cache/spayolo/demo.mp4] [--seconds 3.6] [--fps 15]
+    python -m spayolo.apps.demo [--out ~/.cache/spayolo/demo.mp4] [--seconds 3.6] [--fps 15]
+
+`spayolo live` makes it on first use when there is no camera.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -68,10 +71,14 @@ def make_demo(out: str | Path = DEMO, seconds: float = 3.6, fps: int = 15, size:
 def main(argv: list[str] | None = None) -> int:
     from .args import positive_float, positive_int
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m spayolo.apps.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DEMO))
     parser.add_argument("--seconds", type=positive_float, default=3.6)
     parser.add_argument("--fps", type=positive_int, default=15)
     args = parser.parse_args(argv)
     print(make_demo(args.out, args.seconds, args.fps))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

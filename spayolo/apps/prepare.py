@@ -331,7 +331,8 @@ def prepare(name: str, out: str | Path | None = None, csv_file: str | Path | Non
 
 def main(argv: list[str] | None = None) -> int:
     known = sorted(p.stem for p in DATASETS_CFG_DIR.glob("*.yaml"))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="spayolo prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help=f"one of {', '.join(known)}, or a dataset YAML file")
     parser.add_argument("--csv", help="fer2013.csv (emotion,pixels,Usage)")
     parser.add_argument("--labels", help="FERPlus fer2013new.csv")
