@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import os
 import re
 import signal
 import subprocess
@@ -238,21 +239,22 @@ def test_live_dropped_stream_exits_1_and_keeps_what_it_wrote(tmp_path, tiny_ckpt
 
 
 @pytest.mark.slow
-def test_live_sigterm_keeps_video_and_records_complete(tmp_path, tiny_ckpt):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_live_stopped_by_a_signal_keeps_video_and_records_complete(tmp_path, tiny_ckpt, signum, code):
     video = write_video(tmp_path / "long.mp4", n=400)
     out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     partial = tmp_path / ".out.partial.jsonl"
     env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
     proc = subprocess.Popen([sys.executable, "-m", "spayolo", "live", "--source", str(video), "--model", str(tiny_ckpt),
                              "--no-show", "--backend", "torch", "--save", str(out), "--json", str(js)],
-                            cwd=tmp_path, env={**__import__("os").environ, **env}, stdout=subprocess.PIPE,
+                            cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (partial.exists() and len(partial.read_text().splitlines()) >= 5):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
     records = read_jsonl(js)
     assert 5 <= len(records) < 400 and count_frames(out) == len(records)
     assert f"wrote {out}" in stdout
