@@ -52,9 +52,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--half", action="store_true", default=d["half"], help="FP16 classifier (CUDA, torch backend)")
     parser.add_argument("--imgsz", type=positive_int, default=d["imgsz"],
                         help="classifier input size (default: from the checkpoint)")
-    parser.add_argument("--min-face", type=positive_float, default=d["min_face"], help="smallest face kept, pixels (default: %(default)s)")
+    parser.add_argument("--min-face", type=positive_float, default=d["min_face"],
+                        help="smallest face kept, pixels (default: %(default)s)")
     parser.add_argument("--margin", type=non_negative_float, default=d["margin"],
-                        help="fraction of the face box added around it before cropping (default: %(default)s)")
+                        help="fraction of the face box side added around it before cropping "
+                             "(default: %(default)s)")
     parser.add_argument("--detect-every", type=positive_int, default=d["detect_every"],
                         help="video: full detection every n-th frame, tracked faces re-located in between "
                              "(default: %(default)s)")

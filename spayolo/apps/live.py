@@ -201,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default="runs/live/live.jsonl", help="JSON lines path ('' to skip)")
     parser.add_argument("--show", action=argparse.BooleanOptionalAction, default=True,
                         help="preview window (off by itself where there is no display)")
-    parser.add_argument("--fps", type=positive_float, default=15.0, help="frame rate written into the saved video (default: %(default)s)")
+    parser.add_argument("--fps", type=positive_float, default=15.0,
+                        help="frame rate written into the saved video (default: %(default)s)")
     return parser.parse_args(argv)
 
 
