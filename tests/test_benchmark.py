@@ -1,28 +1,23 @@
-"""tools/benchmark.py on tiny settings: the tables it prints are complete and their ratios are computed, not typed."""
+"""spayolo benchmark on tiny settings: the tables it prints are complete and their ratios are computed, not typed."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
+import pytest
 import torch
 
-from conftest import REPO
+from spayolo import benchmark
 from spayolo.nn import ConvSSM
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rows_of(out: str, names: tuple[str, ...]) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(names)}
 
 
 def test_classifier_table_with_stock_twin_and_onnx(capsys):
-    benchmark = load_benchmark()
     benchmark.main(["--models", "spayolo-n", "--imgsz", "32", "--repeats", "2", "--batch", "2", "--onnx"])
-    lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("yolov8n-cls", "spayolo-n"))}
+    rows = rows_of(capsys.readouterr().out, ("yolov8n-cls", "spayolo-n"))
     assert set(rows) == {"yolov8n-cls", "spayolo-n"}  # the stock model of the same scale is measured beside it
     spayolo, stock = rows["spayolo-n"], rows["yolov8n-cls"]
     assert float(spayolo[1]) > float(stock[1]) > 1.4  # params (M)
@@ -30,8 +25,25 @@ def test_classifier_table_with_stock_twin_and_onnx(capsys):
     assert abs(ratio - float(spayolo[4]) / float(stock[4])) < 0.01  # latency ratio from the measured columns
 
 
+@pytest.mark.slow
+def test_training_table_ends_with_the_measured_ratio(tmp_path, capsys):
+    from conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "faces", per_class=8)
+    benchmark.main(["--train", "--models", "spayolo-n", "--imgsz", "32", "--batch", "2", "--batches", "6",
+                    "--data", str(data)])
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines if line.split()[1:2] in (["stock"], ["fast"])]
+    assert [row[:2] for row in table] == [["yolov8n-cls", "stock"], ["yolov8n-cls", "fast"], ["spayolo-n", "stock"],
+                                          ["spayolo-n", "fast"]]
+    stock, fast = float(table[2][2]), float(table[3][2])
+    assert "epoch=16 images" in " ".join(lines)
+    last = re.fullmatch(r"spayolo-n fast/stock images/s: x([\d.]+)", lines[-1])
+    assert last, lines[-1]
+    assert (fast - 0.05) / (stock + 0.05) - 0.005 <= float(last[1]) <= (fast + 0.05) / (stock - 0.05) + 0.005
+
+
 def test_scan_share_counts_only_the_scan():
-    benchmark = load_benchmark()
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), ConvSSM(16, 16)).eval()
     share = benchmark.scan_share(block, 16, torch.device("cpu"), repeats=2)
     assert 0 < share < 1
@@ -41,7 +53,6 @@ def test_scan_share_counts_only_the_scan():
 def test_pipeline_scene_has_the_faces_it_claims():
     from spayolo.face.detectors import MTCNNDetector
 
-    benchmark = load_benchmark()
     detector = MTCNNDetector("cpu", min_face=40)
     tiles = benchmark.face_tiles(detector)
     frame = benchmark.scene(tiles, shift=4)

@@ -1,0 +1,294 @@
+"""Side-by-side benchmarks, measured in one run (``spayolo benchmark ...`` or ``python tools/benchmark.py ...``).
+
+Classifiers: each spayolo model beside the stock yolov8-cls of the same scale (PyTorch, optionally ONNX Runtime).
+Pipeline: end-to-end frames per second of detection + crop + classification on 640x480 video frames with 1 and with
+5 faces, split by stage, with the classifier in PyTorch and in ONNX Runtime, detecting every frame or every n-th.
+Training: images per second of the stock trainer path and of spayolo's fast path (``cache=ram``, CPU bf16 where
+native, channels_last) through the same ``YOLO.train``, on the same images, one model after the other.
+
+    spayolo benchmark --models spayolo-n lanmsff-yolo-n fermam-yolo-n --imgsz 64 --device cpu --onnx
+    spayolo benchmark --pipeline --model weights/spayolo-n-fer2013.pt --device cpu
+    spayolo benchmark --train --models spayolo-n --imgsz 64 --data fer2013.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ("main", "measure_training")
+
+
+def build(name: str, nc: int) -> torch.nn.Module:
+    from ultralytics.nn.tasks import ClassificationModel
+
+    return ClassificationModel(f"{name}.yaml", nc=nc, verbose=False).eval()
+
+
+def stock_twin(name: str) -> str | None:
+    """yolov8<scale>-cls for a scaled spayolo name, e.g. spayolo-n -> yolov8n-cls."""
+    match = re.search(r"-([nslmx])$", name)
+    return f"yolov8{match[1]}-cls" if match else None
+
+
+def timed(run, warmup: int, repeats: int, sync) -> float:
+    """Median seconds of one call."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_torch(model, imgsz: int, device: torch.device, repeats: int, batch: int) -> tuple[float, float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model = model.to(device)
+    with torch.inference_mode():
+        x1 = torch.randn(1, 3, imgsz, imgsz, device=device)
+        xb = torch.randn(batch, 3, imgsz, imgsz, device=device)
+        latency = timed(lambda: model(x1), 3, repeats, sync)
+        throughput = batch / timed(lambda: model(xb), 1, max(repeats // 5, 2), sync)
+    return latency * 1e3, throughput
+
+
+def scan_share(model, imgsz: int, device: torch.device, repeats: int) -> float:
+    """Fraction of a batch-1 forward pass spent in FERMam's selective scan (0 for a model without one)."""
+    import spayolo.nn.fermam as fermam
+
+    if not any(isinstance(m, fermam.SS2D) for m in model.modules()):
+        return 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    scan, spent = fermam.selective_scan, [0.0]
+
+    def timed_scan(*args):
+        sync()
+        start = time.perf_counter()
+        y = scan(*args)
+        sync()
+        spent[0] += time.perf_counter() - start
+        return y
+
+    fermam.selective_scan = timed_scan  # SS2D looks the function up in its module at call time
+    try:
+        x = torch.randn(1, 3, imgsz, imgsz, device=device)
+        with torch.inference_mode():
+            model(x)
+            spent[0] = 0.0
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            sync()
+            total = time.perf_counter() - start
+    finally:
+        fermam.selective_scan = scan
+    return spent[0] / total
+
+
+def measure_onnx(model, imgsz: int, repeats: int, batch: int) -> tuple[float, float]:
+    from spayolo.runtime import OnnxModule, export_onnx_bytes
+
+    runner = OnnxModule(export_onnx_bytes(model, torch.zeros(1, 3, imgsz, imgsz), {0: "batch"}))
+    x1, xb = torch.randn(1, 3, imgsz, imgsz), torch.randn(batch, 3, imgsz, imgsz)
+    latency = timed(lambda: runner(x1), 3, repeats, lambda: None)
+    throughput = batch / timed(lambda: runner(xb), 1, max(repeats // 5, 2), lambda: None)
+    return latency * 1e3, throughput
+
+
+def face_tiles(detector, size: int = 112) -> list[np.ndarray]:
+    """The five faces of the photos shipped with ultralytics and matplotlib, each cut with a margin, size x size."""
+    from spayolo.apps.demo import demo_photos
+
+    tiles = []
+    for path, _ in demo_photos():
+        img = cv2.imread(str(path))
+        for x1, y1, x2, y2 in detector([img])[0].boxes:
+            cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.8 * max(x2 - x1, y2 - y1)
+            ys, xs = slice(max(int(cy - half), 0), int(cy + half)), slice(max(int(cx - half), 0), int(cx + half))
+            tiles.append(cv2.resize(img[ys, xs], (size, size), interpolation=cv2.INTER_AREA))
+    if len(tiles) != 5:
+        raise RuntimeError(f"expected the 5 faces of the demo photos, the detector found {len(tiles)}")
+    return tiles
+
+
+def scene(tiles: list[np.ndarray], shift: int) -> np.ndarray:
+    """A 640x480 grey frame with the tiles on two rows, all moved `shift` px right (a slow pan between frames)."""
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    size = tiles[0].shape[0]
+    for k, tile in enumerate(tiles):
+        row, col = divmod(k, 3)
+        x, y = 40 + shift + col * (size + 70), 60 + row * (size + 100)
+        frame[y : y + size, x : x + size] = tile
+    return frame
+
+
+def measure_pipeline(args) -> None:
+    """Frames per second and per-stage milliseconds for 1 and 5 faces, PyTorch vs ONNX Runtime, detect 1 vs n."""
+    from spayolo.face.detectors import MTCNNDetector
+    from spayolo.pipeline import DEFAULT_MODEL, FERPipeline
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    rows = []
+    tiles = face_tiles(MTCNNDetector(args.device, min_face=40))
+    clips = {n: [scene(tiles[:n] if n > 1 else tiles[-1:], 2 * i) for i in range(args.frames)] for n in (1, 5)}
+    for backend in ("torch", "onnx"):
+        for every in sorted({1, args.detect_every}):
+            fer = FERPipeline(model, device=args.device, detect_every=every, half=args.half, backend=backend)
+            for n, frames in clips.items():
+                for frame in frames[:3]:  # warm-up
+                    fer.process([frame], track=True)
+                fer.reset()
+                start = time.perf_counter()
+                found = sum(len(fer.process([frame], track=True)[0]) for frame in frames)
+                seconds = time.perf_counter() - start
+                stages = {k: fer.times[k] / len(frames) * 1e3 for k in ("detect", "crop", "classify")}
+                rows.append((backend, every, n, found / len(frames), len(frames) / seconds, stages))
+    print(f"pipeline: device={args.device} frames=640x480 x{args.frames} threads={torch.get_num_threads()} "
+          f"classifier={model.name}")
+    print(f"{'backend':<11}{'detect every':>13}{'faces':>6}{'found':>7}{'FPS':>8}{'detect ms':>11}{'crop ms':>9}"
+          f"{'classify ms':>13}")
+    for runtime, every, n, found, fps, t in rows:
+        print(f"{runtime:<11}{every:>13}{n:>6}{found:>7.1f}{fps:>8.1f}{t['detect']:>11.1f}{t['crop']:>9.1f}"
+              f"{t['classify']:>13.1f}")
+
+
+# The README recipe's augmentation and optimizer; both paths get the same arguments but these.
+RECIPE = {"optimizer": "Adan", "lr0": 1e-3, "warmup_epochs": 0, "fliplr": 0.5, "flipud": 0.0, "scale": 0.2,
+          "degrees": 10, "erasing": 0.3, "auto_augment": None, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.3}
+TRAIN_PATHS = {"stock": {"cache": False, "amp": False}, "fast": {"cache": "ram", "amp": True}}
+WARMUP_BATCHES = 3
+
+
+def train_images(data: str) -> int:
+    """Images in the training split of an image folder or a spayolo dataset name (fer2013.yaml)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    from spayolo.data import resolve_dataset
+
+    root = Path(resolve_dataset(data) or data) / "train"
+    count = sum(1 for f in root.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+    if not count:
+        raise FileNotFoundError(f"--data {data}: no training images under {root}")
+    return count
+
+
+def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int, device: str, path: dict) -> dict:
+    """Train ``batches`` batches of one epoch through ``YOLO.train``; time the steady batches and the epoch's end.
+
+    Returns images/s over the batches after the first few, and the seconds from the last batch to the end of the
+    epoch (validation on the whole val split, checkpoint saving), which every full epoch pays too.
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    marks = {"batches": []}
+    yolo = YOLO(f"{model}.yaml")
+    yolo.add_callback("on_train_batch_end", lambda trainer: marks["batches"].append(time.perf_counter()))
+    yolo.add_callback("on_train_epoch_end", lambda trainer: marks.setdefault("train_end", time.perf_counter()))
+    yolo.add_callback("on_fit_epoch_end", lambda trainer: marks.setdefault("fit_end", time.perf_counter()))
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            yolo.train(data=data, imgsz=imgsz, epochs=1, batch=batch, fraction=batches * batch, device=device,
+                       project=tmp, name="run", plots=False, seed=0, verbose=False, **RECIPE, **path)
+    finally:
+        LOGGER.setLevel(level)
+    stamps = marks["batches"][min(WARMUP_BATCHES, len(marks["batches"]) - 2):]
+    images = (len(stamps) - 1) * batch
+    return {"img/s": images / (stamps[-1] - stamps[0]), "end_s": marks["fit_end"] - marks["train_end"]}
+
+
+def benchmark_training(args) -> None:
+    """Stock vs fast training path for each model, the stock yolov8-cls of its scale first; the ratio on the last line."""
+    names = []
+    for name in args.models:
+        names += [n for n in (stock_twin(name), name) if n and n not in names]
+    epoch_images = train_images(args.data)
+    rows = {}
+    for name in names:
+        for label, path in TRAIN_PATHS.items():
+            rows[name, label] = measure_training(name, args.data, args.imgsz, args.batch, args.batches, args.device,
+                                                 path)
+    print(f"training: device={args.device} imgsz={args.imgsz} batch={args.batch} batches={args.batches} "
+          f"threads={torch.get_num_threads()} epoch={epoch_images} images ({args.data})")
+    print(f"{'model':<18}{'path':<7}{'img/s':>9}{'epoch end s':>13}{'s/epoch':>10}{'fast/stock':>12}")
+    for (name, label), row in rows.items():
+        ratio = f"x{row['img/s'] / rows[name, 'stock']['img/s']:.2f}" if label == "fast" else ""
+        seconds = epoch_images / row["img/s"] + row["end_s"]
+        print(f"{name:<18}{label:<7}{row['img/s']:>9.1f}{row['end_s']:>13.1f}{seconds:>10.0f}{ratio:>12}")
+    first = args.models[0]
+    print(f"{first} fast/stock images/s: x{rows[first, 'fast']['img/s'] / rows[first, 'stock']['img/s']:.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["spayolo-n"], help="YAML names without .yaml, with scale")
+    parser.add_argument("--imgsz", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--nc", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=64, help="batch for the throughput column")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU provider)")
+    parser.add_argument("--pipeline", action="store_true", help="benchmark end-to-end FER on video frames instead")
+    parser.add_argument("--model", default=None, help="pipeline classifier .pt/.onnx (default: the shipped weights)")
+    parser.add_argument("--frames", type=int, default=40, help="pipeline frames per configuration")
+    parser.add_argument("--detect-every", type=int, default=5, help="pipeline: compared with detecting every frame")
+    parser.add_argument("--half", action="store_true", help="pipeline: FP16 classifier (CUDA)")
+    parser.add_argument("--train", action="store_true", help="benchmark the stock vs the fast training path instead")
+    parser.add_argument("--data", default="fer2013.yaml", help="training: image folder or dataset name")
+    parser.add_argument("--batches", type=int, default=60, help="training: batches per path and model")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.pipeline:
+        return measure_pipeline(args)
+    if args.train:
+        return benchmark_training(args)
+
+    from ultralytics.utils.torch_utils import get_flops
+
+    device = torch.device(args.device)
+    names = []
+    for name in args.models:
+        twin = stock_twin(name)
+        names += [n for n in (twin, name) if n and n not in names]
+    rows = {}
+    for name in names:
+        model = build(name, args.nc)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        row = {"params_M": params, "GFLOPs@640": get_flops(model, 640), f"GFLOPs@{args.imgsz}": get_flops(model, args.imgsz)}
+        row["ms_b1"], row[f"img/s_b{args.batch}"] = measure_torch(model, args.imgsz, device, args.repeats, args.batch)
+        row["scan_share"] = scan_share(model, args.imgsz, device, args.repeats)
+        if args.onnx:
+            row["onnx_ms_b1"], row[f"onnx_img/s_b{args.batch}"] = measure_onnx(model, args.imgsz, args.repeats, args.batch)
+        rows[name] = row
+    columns = list(next(iter(rows.values())))
+    print(f"device={device} imgsz={args.imgsz} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"{'model':<22}" + "".join(f"{c:>16}" for c in columns) + f"{'vs stock (ms, img/s)':>24}"
+          + (f"{f'onnx speed-up (b1, b{args.batch})':>24}" if args.onnx else ""))
+    for name, row in rows.items():
+        twin = stock_twin(name)
+        ratio = ""
+        if twin in rows and twin != name:
+            base = rows[twin]
+            ratio = f"x{row['ms_b1'] / base['ms_b1']:.2f}, x{row[columns[4]] / base[columns[4]]:.2f}"
+        onnx = f"x{row['ms_b1'] / row['onnx_ms_b1']:.2f}, x{row[columns[-1]] / row[columns[4]]:.2f}" if args.onnx else ""
+        print(f"{name:<22}" + "".join(f"{row[c]:>16.3f}" for c in columns) + f"{ratio:>24}{onnx:>24}")
+
+
+if __name__ == "__main__":
+    main()

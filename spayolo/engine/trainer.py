@@ -1,0 +1,169 @@
+"""The classification trainer behind ``yolo classify train`` once spayolo is installed: the stock one plus a fast CPU path.
+
+Switched on by stock arguments, each documented in the README:
+
+- ``cache=ram`` (or ``True``): decode the training and validation images once into uint8 tensors and augment whole
+  training batches on the training device (:class:`~spayolo.engine.augment.BatchAugment`) instead of per image with
+  PIL. ``degrees`` is honoured here (the stock classification loader ignores it).
+- ``amp=True`` (the default) or ``amp=bf16`` on a CPU: bfloat16 autocast where the CPU computes bf16 natively
+  (AVX512-BF16 or AMX); stock Ultralytics trains fp32 on every CPU. Elsewhere it says so once and trains fp32.
+- ``channels_last``: unset means on for the CPU fast path (faster convolutions there); ``True``/``False`` force it.
+- With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
+  (``NUM_THREADS = cores - 1``) and then trains with none (``workers=0`` on CPU), so a 2-core machine used one.
+
+Every run also writes ``weights/last.state.pt`` beside ``last.pt``: the fp32 model, EMA and optimizer state that
+the stock fp16 checkpoint rounds, so ``resume=True`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from ultralytics.models.yolo.classify import ClassificationTrainer
+from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils.patches import override_configs
+from ultralytics.utils.torch_utils import unwrap_model
+
+from .augment import BatchAugment, mix_batch
+from .loss import SmoothCrossEntropy
+from .ramdata import RamImages, RamLoader
+
+__all__ = ("FERTrainer", "cpu_has_native_bf16", "install_trainer")
+
+STATE_FILE = "last.state.pt"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where bf16 matmuls and convolutions run natively (AVX512-BF16 or AMX), not emulated at a fraction of fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _seed_loader_epoch(trainer) -> None:
+    if isinstance(trainer.train_loader, RamLoader):
+        trainer.train_loader.set_epoch(trainer.epoch)
+
+
+class FERTrainer(ClassificationTrainer):
+    """``ClassificationTrainer`` with the RAM/batch-augmentation data path, CPU bf16 and exact resume (module doc)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback("on_train_epoch_start", _seed_loader_epoch)
+        self.augment = None
+        self._memory_format = torch.contiguous_format
+        self._mix_generator = torch.Generator().manual_seed(self.args.seed)  # stock batches carry no seed
+
+    @property
+    def ram_cache(self) -> bool:
+        return self.args.cache is True or str(self.args.cache).lower() in ("ram", "true")
+
+    def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
+        """The stock DataLoader, or with ``cache=ram`` a :class:`RamLoader` over the split decoded once."""
+        if not self.ram_cache:
+            return super().get_dataloader(dataset_path, batch_size, rank, mode)
+        with override_configs(self.args, {"cache": False}):  # the stock dataset would cache its own copy
+            dataset = self.build_dataset(dataset_path, mode)
+        if not dataset.samples:
+            raise FileNotFoundError(f"No images found in the '{mode}' split of {dataset_path}")
+        train = mode == "train"
+        LOGGER.info(f"{colorstr(mode + ':')} decoding {len(dataset.samples)} images into RAM (cache=ram)")
+        data = RamImages(dataset.samples, transform=None if train else dataset.torch_transforms, size=self.args.imgsz)
+        if train:
+            args = self.args
+            self.augment = BatchAugment(args.imgsz, args.scale, args.fliplr, args.flipud, args.degrees, args.hsv_v,
+                                        args.hsv_s, args.erasing)
+        else:
+            unwrap_model(self.model).transforms = dataset.torch_transforms  # what predict() applies, as stock
+        return RamLoader(data, dataset, batch_size, shuffle=train, seed=self.args.seed, raw=train)
+
+    def set_model_attributes(self):
+        """Stock class names, and the loss that knows label smoothing and mixed labels."""
+        super().set_model_attributes()
+        self.model.criterion = SmoothCrossEntropy(getattr(self.args, "label_smoothing", 0.0))
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Move to the device; augment raw RAM batches there and mix any batch, outside autocast (fp32 draws)."""
+        seed = batch.pop("seed", None)
+        batch = super().preprocess_batch(batch)
+        generator = self._mix_generator if seed is None else torch.Generator().manual_seed(seed & (2**63 - 1))
+        with torch.autocast(self.device.type, enabled=False):
+            if batch["img"].dtype == torch.uint8:
+                images = self.augment(batch["img"], generator)
+                batch["img"] = images.expand(-1, 3, -1, -1).contiguous(memory_format=self._memory_format)
+            if self.args.mixup > 0 or self.args.cutmix > 0:
+                batch["target"] = mix_batch(batch["img"], batch["cls"], self.data["nc"], self.args.mixup,
+                                            self.args.cutmix, generator)
+        return batch
+
+    def _setup_train(self):
+        """Stock setup, then CPU bf16 autocast and channels_last, which the stock trainer turns off on CPU."""
+        cpu = self.device.type == "cpu"
+        channels_last = self.args.channels_last
+        if cpu:
+            self.args.channels_last = False  # applied below; the stock setup only warns about it on CPU
+        super()._setup_train()
+        self.args.channels_last = channels_last
+        self._memory_format = torch.contiguous_format
+        if not cpu:
+            return
+        if self.args.amp not in (False, "fp32", "False"):
+            self.amp = cpu_has_native_bf16()
+            if self.amp:
+                self.args.amp = True  # the stock loop then enters torch.autocast("cpu"), whose dtype is bfloat16
+                LOGGER.info(f"{colorstr('AMP:')} bfloat16 autocast on this CPU (native bf16)")
+            else:
+                LOGGER.info(f"{colorstr('AMP:')} this CPU has no native bf16 (AVX512-BF16 or AMX): training in fp32")
+        if self.ram_cache:
+            torch.set_num_threads(_usable_cores())
+        if channels_last or (channels_last is None and self.ram_cache):
+            self._memory_format = torch.channels_last
+            self.model.to(memory_format=torch.channels_last)
+
+    def save_model(self):
+        """Stock checkpoints, plus the exact fp32 state that ``resume=True`` restores (see module doc)."""
+        saved = super().save_model()
+        state = {
+            "epoch": self.epoch,
+            "model": unwrap_model(self.model).state_dict(),
+            "ema": self.ema.ema.state_dict(),
+            "updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        torch.save(state, self.wdir / STATE_FILE)
+        return saved
+
+    def resume_training(self, ckpt):
+        """Stock resume from the rounded checkpoint, then the exact state when it belongs to the same epoch."""
+        super().resume_training(ckpt)
+        if ckpt is None or not self.resume:
+            return
+        file = Path(self.args.resume).with_name(STATE_FILE)
+        state = torch.load(file, map_location=self.device, weights_only=True) if file.is_file() else None
+        if state is None or state["epoch"] != ckpt.get("epoch"):
+            LOGGER.warning(f"resume: no exact state {file} for epoch {ckpt.get('epoch', -1) + 1}; "
+                           "continuing from the fp16-rounded checkpoint")
+            return
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.ema.ema.load_state_dict(state["ema"])
+        self.ema.updates = state["updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+
+    def final_eval(self):
+        """A finished run cannot be resumed: drop its resume state, then the stock final validation."""
+        (self.wdir / STATE_FILE).unlink(missing_ok=True)
+        return super().final_eval()
+
+
+def install_trainer() -> None:
+    """Make :class:`FERTrainer` the trainer of every ``classify`` model (``YOLO.task_map`` looks it up per call)."""
+    from ultralytics.models.yolo import classify
+
+    classify.ClassificationTrainer = FERTrainer

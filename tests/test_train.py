@@ -1,0 +1,169 @@
+"""spayolo's trainer: the RAM + batch-augmentation path, CPU bf16, the loss, and exact resume, on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spayolo.engine import trainer as fer_trainer
+from spayolo.engine.augment import BatchAugment, mix_batch
+from spayolo.engine.loss import SmoothCrossEntropy
+from spayolo.engine.ramdata import RamImages, RamLoader
+
+TINY = dict(imgsz=32, batch=4, nbs=4, device="cpu", plots=False, seed=0, workers=0, warmup_epochs=0, optimizer="AdamW",
+            lr0=1e-3, verbose=False, exist_ok=True)
+
+
+def identity_images(root, count: int = 12, size: int = 48):
+    """One grey image per sample whose every pixel is its own index: what comes out names where it came from."""
+    import cv2
+
+    samples = []
+    for i in range(count):
+        file = root / f"{i}.png"
+        cv2.imwrite(str(file), np.full((size, size), 10 * i, np.uint8))
+        samples.append((file, i % 3))
+    return samples
+
+
+def test_ram_batches_keep_each_image_with_its_label(tmp_path):
+    samples = identity_images(tmp_path)
+    data = RamImages(samples)
+    assert data.images.shape == (12, 1, 48, 48)  # gray images are cached with one channel
+    loader = RamLoader(data, dataset=None, batch_size=5, shuffle=True, seed=3, raw=True)
+    augment = BatchAugment(64, scale=0.0, fliplr=0.5, degrees=0.0, hsv_v=0.0, erasing=0.0)
+    seen = []
+    for batch in loader:
+        images = augment(batch["img"], torch.Generator().manual_seed(batch["seed"] & (2**63 - 1)))
+        assert images.shape[-2:] == (64, 64)
+        index = (images.flatten(1) * 255 / 10).round()
+        assert (index == index[:, :1]).all()  # each output image is one source image, resampled whole
+        seen += list(zip(index[:, 0].long().tolist(), batch["cls"].tolist()))
+    assert sorted(i for i, _ in seen) == list(range(12))
+    assert all(label == i % 3 for i, label in seen)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch(tmp_path):
+    data = RamImages(identity_images(tmp_path))
+    loader = RamLoader(data, dataset=None, batch_size=12, shuffle=True, seed=0, raw=True)
+
+    def epoch(k):
+        loader.set_epoch(k)
+        return next(iter(loader))["img"][:, 0, 0, 0].tolist()
+
+    assert epoch(1) == epoch(1) and epoch(1) != epoch(2)
+
+
+def test_augmentation_is_random_per_image_and_reproducible():
+    images = torch.randint(0, 255, (16, 1, 48, 48), dtype=torch.uint8)
+    augment = BatchAugment(48, scale=0.3, degrees=10, hsv_v=0.3, erasing=0.5)
+    a = augment(images, torch.Generator().manual_seed(1))
+    b = augment(images, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    same = augment(images[:1].expand(16, -1, -1, -1), torch.Generator().manual_seed(1))
+    assert len({tuple(x.flatten()[:64].tolist()) for x in same}) == 16  # one draw per image, not per batch
+    assert 0.0 <= a.min() and a.max() <= 1.0
+
+
+def test_erasing_and_flip_match_the_stock_probabilities():
+    ones = torch.full((2000, 1, 16, 16), 255, dtype=torch.uint8)
+    erased = BatchAugment(16, scale=0.0, fliplr=0.0, hsv_v=0.0, erasing=0.3)(ones, torch.Generator().manual_seed(0))
+    share = (erased.flatten(1).min(1).values == 0).float().mean()
+    assert 0.26 < share < 0.34
+    ramp = torch.arange(16, dtype=torch.uint8).mul(15).expand(2000, 1, 16, 16)
+    flipped = BatchAugment(16, scale=0.0, fliplr=0.5, hsv_v=0.0, erasing=0.0)(ramp, torch.Generator().manual_seed(0))
+    share = (flipped[:, 0, 0, 0] > flipped[:, 0, 0, -1]).float().mean()
+    assert 0.45 < share < 0.55
+
+
+def test_mixed_images_and_targets_agree():
+    value = torch.tensor([0.1, 0.5, 0.9])
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    images = value[labels].view(-1, 1, 1, 1).expand(-1, 3, 16, 16).clone()
+    targets = mix_batch(images, labels, 3, mixup=0.5, cutmix=0.5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    torch.testing.assert_close(images.mean((1, 2, 3)), targets @ value)  # lambda of the pixels = lambda of the labels
+    assert (targets.max(1).values < 1).any()
+
+
+def test_loss_equals_stock_on_hard_labels_and_smooths():
+    logits, cls = torch.randn(6, 7), torch.randint(0, 7, (6,))
+    loss, _ = SmoothCrossEntropy()(logits, {"cls": cls})
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, cls))
+    smooth, _ = SmoothCrossEntropy(0.1)(logits, {"cls": cls})
+    manual = -(torch.full((6, 7), 0.1 / 7).scatter_add(1, cls[:, None], torch.full((6, 1), 0.9))
+               * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(smooth, manual)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SmoothCrossEntropy(1.5)
+
+
+def forward_dtypes(yolo):
+    """Record the dtype of the first convolution's output during training."""
+    seen = []
+
+    def hook(trainer):
+        first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+        first.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
+
+    yolo.add_callback("on_train_start", hook)
+    return seen
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkeypatch, native, caplog):
+    from ultralytics import YOLO
+
+    monkeypatch.setattr(fer_trainer, "cpu_has_native_bf16", lambda: native)
+    yolo = YOLO("spayolo-n.yaml")
+    seen = forward_dtypes(yolo)
+    yolo.train(data=str(tiny_dataset), epochs=1, cache="ram", amp=True, project=str(tmp_path), name="r", **TINY)
+    assert isinstance(yolo.trainer, fer_trainer.FERTrainer)
+    assert set(seen) == {torch.bfloat16 if native else torch.float32}
+    assert yolo.trainer.model.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path):
+    from ultralytics import YOLO
+
+    yolo = YOLO("spayolo-n.yaml")
+    seen = forward_dtypes(yolo)
+    yolo.train(data=str(tiny_dataset), epochs=1, project=str(tmp_path), name="r", **TINY)
+    assert set(seen) == {torch.float32}
+    assert type(yolo.trainer.train_loader).__name__ == "InfiniteDataLoader"
+
+
+def final_state(trainer) -> dict:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    from ultralytics import YOLO
+
+    args = dict(data=str(tiny_dataset), epochs=3, cache="ram", mixup=0.3, project=str(tmp_path), **TINY)
+    torch.manual_seed(0)  # both runs start from the same initial weights
+    whole = YOLO("spayolo-n.yaml")
+    whole.train(name="whole", **args)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second_epoch(trainer):
+        if trainer.epoch == 1:
+            raise Stop
+
+    torch.manual_seed(0)
+    cut = YOLO("spayolo-n.yaml")
+    cut.add_callback("on_fit_epoch_end", stop_after_second_epoch)
+    with pytest.raises(Stop):
+        cut.train(name="cut", **args)
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    assert (last.parent / fer_trainer.STATE_FILE).is_file()
+    resumed = YOLO(last)
+    resumed.train(resume=True)
+    assert resumed.trainer.start_epoch == 2
+    expected, got = final_state(whole.trainer), final_state(resumed.trainer)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+    assert not (last.parent / fer_trainer.STATE_FILE).exists()  # a finished run keeps no resume state
