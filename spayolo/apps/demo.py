@@ -42,13 +42,18 @@ def demo_photos() -> list[tuple[Path, tuple[float, float, float, float]]]:
 
 
 def make_demo(out: str | Path = DEMO, seconds: float = 3.6, fps: int = 15, size: tuple[int, int] = (640, 480)) -> Path:
-    """Render the demo: one segment per photo, each a slow zoom-in with a sideways pan; returns the output path."""
+    """Render the demo: one segment per photo, each a slow zoom-in with a sideways pan; returns the output path.
+
+    The video is written under a temporary name and renamed when complete: an interrupted run must not leave a
+    broken file in the cache, where `spayolo live` would find it and fail on every later run.
+    """
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")  # same suffix: OpenCV picks the container by it
     w, h = size
     photos = demo_photos()
     per = max(1, round(seconds * fps / len(photos)))
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise OSError(f"cannot write video: {out}")
     try:
@@ -65,6 +70,7 @@ def make_demo(out: str | Path = DEMO, seconds: float = 3.6, fps: int = 15, size:
                 writer.write(cv2.warpAffine(img, m, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT))
     finally:
         writer.release()
+    os.replace(tmp, out)
     return out
 
 
