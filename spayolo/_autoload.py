@@ -17,7 +17,8 @@ import sys
 __all__ = ("WATCHED", "enable", "hook_imports")
 
 WATCHED = ("ultralytics.nn.tasks", "ultralytics.data.utils", "ultralytics.engine.trainer",
-           "ultralytics.engine.validator", "ultralytics.engine.exporter")
+           "ultralytics.engine.validator", "ultralytics.engine.exporter", "ultralytics.models.yolo.model",
+           "ultralytics.cfg")
 
 
 def _patch(module) -> None:

@@ -18,6 +18,12 @@ Ultralytics has no plugin hook for layers, model names or datasets, so spayolo r
   prepared folder.
 - ``BaseTrainer.build_optimizer(self, model, name, lr, momentum, decay, iterations)``: extended with ``optimizer=Adan``
   by :func:`spayolo.engine.optimizers.install_optimizers` once ``ultralytics.engine.trainer`` has executed.
+- ``ultralytics.cfg``: ``DEFAULT_CFG_DICT``/``DEFAULT_CFG`` (the argument defaults), ``CFG_FRACTION_KEYS`` and
+  ``_handle_deprecation`` (looked up per call; it deletes ``label_smoothing``): :func:`add_train_args`.
+- ``ultralytics.models.yolo.model.YOLO.task_map`` (a property, read at each train call): its classify trainer becomes
+  :class:`spayolo.engine.trainer.FERTrainer`, a ``ClassificationTrainer`` subclass that overrides ``get_dataloader``,
+  ``preprocess_batch``, ``set_model_attributes``, ``_setup_train``, ``save_model``, ``resume_training`` and
+  ``final_eval`` and relies on ``BaseTrainer`` fields (``args``, ``amp``, ``model``, ``ema``, ``optimizer``, ``wdir``, ``epoch``, ``train_loader``).
 - ``ultralytics.utils.ops.make_divisible``: the width rule of :func:`spayolo.registry.scale_width`.
 
 Ultralytics is imported inside the functions: importing it runs the hook in :mod:`spayolo._autoload`, which calls
@@ -39,6 +45,8 @@ from .registry import BLOCKS
 __all__ = ("install", "model_yaml", "patch", "use_dataset_names")
 
 TASKS, TRAINER = "ultralytics.nn.tasks", "ultralytics.engine.trainer"
+YOLO_MODEL = "ultralytics.models.yolo.model"
+CFG = "ultralytics.cfg"
 
 
 def model_yaml(name: str | Path) -> tuple[Path, str] | None:
@@ -102,6 +110,49 @@ def use_dataset_names(module) -> None:
         _wrap(module, "check_cls_dataset", _check_cls_dataset)
 
 
+# Trainer arguments spayolo adds; Ultralytics dropped label_smoothing in 8.1 and now deletes it with a warning.
+EXTRA_TRAIN_ARGS = {"label_smoothing": 0.0}
+
+
+def _handle_deprecation(stock):
+    def handle_deprecation(custom):
+        kept = {k: custom.pop(k) for k in EXTRA_TRAIN_ARGS if k in custom}
+        custom = stock(custom)
+        custom.update(kept)
+        return custom
+
+    return handle_deprecation
+
+
+def add_train_args(cfg) -> None:
+    """Make ``ultralytics.cfg`` accept :data:`EXTRA_TRAIN_ARGS` (CLI and ``YOLO.train``), checked as fractions."""
+    from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT  # loaded before ultralytics.cfg executes
+
+    for key, value in EXTRA_TRAIN_ARGS.items():
+        DEFAULT_CFG_DICT.setdefault(key, value)
+        if not hasattr(DEFAULT_CFG, key):
+            setattr(DEFAULT_CFG, key, value)
+    cfg.CFG_FRACTION_KEYS = cfg.CFG_FRACTION_KEYS | set(EXTRA_TRAIN_ARGS)
+    _wrap(cfg, "_handle_deprecation", _handle_deprecation)
+
+
+def use_fer_trainer(yolo) -> None:
+    """Make spayolo's trainer (fast CPU path, exact resume) the one ``YOLO.task_map`` gives every classify model."""
+    stock = yolo.task_map
+    if hasattr(stock.fget, "stock"):
+        return
+
+    def task_map(self):
+        from spayolo.engine.trainer import FERTrainer  # at call time: it subclasses a class Ultralytics is importing
+
+        tasks = stock.fget(self)
+        tasks["classify"]["trainer"] = FERTrainer
+        return tasks
+
+    task_map.stock = stock
+    yolo.task_map = property(task_map)
+
+
 def install() -> None:
     """Make Ultralytics build, train, save and safely reload spayolo models; idempotent.
 
@@ -151,6 +202,10 @@ def patch(module) -> None:
         return
     if module.__name__ == TASKS:
         install()
+    elif module.__name__ == YOLO_MODEL:
+        use_fer_trainer(module.YOLO)
+    elif module.__name__ == CFG:
+        add_train_args(module)
     else:
         use_dataset_names(module)
     if module.__name__ == TRAINER:
