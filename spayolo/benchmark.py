@@ -212,7 +212,7 @@ def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int
 
 
 def benchmark_training(args) -> None:
-    """Stock vs fast training path for each model, the stock yolov8-cls of its scale first; the ratio on the last line."""
+    """Stock vs fast training path per model, the stock yolov8-cls of its scale first; the ratio on the last line."""
     names = []
     for name in args.models:
         names += [n for n in (stock_twin(name), name) if n and n not in names]
@@ -270,11 +270,13 @@ def main(argv=None):
     for name in names:
         model = build(name, args.nc)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        row = {"params_M": params, "GFLOPs@640": get_flops(model, 640), f"GFLOPs@{args.imgsz}": get_flops(model, args.imgsz)}
+        row = {"params_M": params, "GFLOPs@640": get_flops(model, 640),
+               f"GFLOPs@{args.imgsz}": get_flops(model, args.imgsz)}
         row["ms_b1"], row[f"img/s_b{args.batch}"] = measure_torch(model, args.imgsz, device, args.repeats, args.batch)
         row["scan_share"] = scan_share(model, args.imgsz, device, args.repeats)
         if args.onnx:
-            row["onnx_ms_b1"], row[f"onnx_img/s_b{args.batch}"] = measure_onnx(model, args.imgsz, args.repeats, args.batch)
+            onnx = measure_onnx(model, args.imgsz, args.repeats, args.batch)
+            row["onnx_ms_b1"], row[f"onnx_img/s_b{args.batch}"] = onnx
         rows[name] = row
     columns = list(next(iter(rows.values())))
     print(f"device={device} imgsz={args.imgsz} threads={torch.get_num_threads()} torch={torch.__version__}")
@@ -286,7 +288,9 @@ def main(argv=None):
         if twin in rows and twin != name:
             base = rows[twin]
             ratio = f"x{row['ms_b1'] / base['ms_b1']:.2f}, x{row[columns[4]] / base[columns[4]]:.2f}"
-        onnx = f"x{row['ms_b1'] / row['onnx_ms_b1']:.2f}, x{row[columns[-1]] / row[columns[4]]:.2f}" if args.onnx else ""
+        onnx = ""
+        if args.onnx:
+            onnx = f"x{row['ms_b1'] / row['onnx_ms_b1']:.2f}, x{row[columns[-1]] / row[columns[4]]:.2f}"
         print(f"{name:<22}" + "".join(f"{row[c]:>16.3f}" for c in columns) + f"{ratio:>24}{onnx:>24}")
 
 

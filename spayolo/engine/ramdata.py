@@ -67,8 +67,8 @@ def _check_memory(count: int, bytes_each: int, example: str) -> None:
 
     need, free = count * bytes_each, psutil.virtual_memory().available
     if need > _MEMORY_SHARE * free:
-        raise MemoryError(f"cache=ram: {count} images like {example} need {need / 2**30:.1f} GiB, more than half of the "
-                          f"{free / 2**30:.1f} GiB available; train with cache=False")
+        raise MemoryError(f"cache=ram: {count} images like {example} need {need / 2**30:.1f} GiB, more than half "
+                          f"of the {free / 2**30:.1f} GiB available; train with cache=False")
 
 
 def _squash(chw: np.ndarray, size: int) -> np.ndarray:

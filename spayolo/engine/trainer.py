@@ -1,4 +1,4 @@
-"""The classification trainer behind ``yolo classify train`` once spayolo is installed: the stock one plus a fast CPU path.
+"""The trainer behind ``yolo classify train`` once spayolo is installed: the stock one plus a fast CPU path.
 
 Switched on by stock arguments, each documented in the README:
 
@@ -8,11 +8,14 @@ Switched on by stock arguments, each documented in the README:
 - ``amp=True`` (the default) or ``amp=bf16`` on a CPU: bfloat16 autocast where the CPU computes bf16 natively
   (AVX512-BF16 or AMX); stock Ultralytics trains fp32 on every CPU. Elsewhere it says so once and trains fp32.
 - ``channels_last``: unset means on for the CPU fast path (faster convolutions there); ``True``/``False`` force it.
+- ``mixup``/``cutmix`` (ignored by the stock classification trainer) mix any batch, and ``label_smoothing`` (an
+  argument spayolo adds back) smooths the loss, on either path.
 - With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
   (``NUM_THREADS = cores - 1``) and then trains with none (``workers=0`` on CPU), so a 2-core machine used one.
 
 Every run also writes ``weights/last.state.pt`` beside ``last.pt``: the fp32 model, EMA and optimizer state that
-the stock fp16 checkpoint rounds, so ``resume=True`` continues exactly where the run stopped.
+the stock fp16 checkpoint rounds, so ``resume=True`` continues exactly where the run stopped (when no gradient
+accumulation spans the stop, i.e. ``batch >= nbs``: the stock loop keeps its accumulation step count to itself).
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ from .augment import BatchAugment, mix_batch
 from .loss import SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
 
-__all__ = ("FERTrainer", "cpu_has_native_bf16", "install_trainer")
+__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16")
 
 STATE_FILE = "last.state.pt"
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where bf16 matmuls and convolutions run natively (AVX512-BF16 or AMX), not emulated at a fraction of fp32."""
+    """True where bf16 matmuls and convolutions run natively (AVX512-BF16 or AMX), not emulated far below fp32."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
@@ -161,9 +164,3 @@ class FERTrainer(ClassificationTrainer):
         (self.wdir / STATE_FILE).unlink(missing_ok=True)
         return super().final_eval()
 
-
-def install_trainer() -> None:
-    """Make :class:`FERTrainer` the trainer of every ``classify`` model (``YOLO.task_map`` looks it up per call)."""
-    from ultralytics.models.yolo import classify
-
-    classify.ClassificationTrainer = FERTrainer
