@@ -48,6 +48,12 @@ def test_command_dispatch_and_usage(capsys, monkeypatch):
     assert cli.main(["benchmark", "--pipeline"]) == 0 and calls == [["--pipeline"]]
 
 
+def test_benchmark_command_reaches_the_benchmark_module(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["benchmark", "--help"])
+    assert stop.value.code == 0 and "--pipeline" in capsys.readouterr().out
+
+
 def test_tools_are_thin_wrappers_of_the_command():
     for tool in TOOLS:
         text = tool.read_text()
