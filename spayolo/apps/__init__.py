@@ -1,1 +1,3 @@
 """The applications behind the ``spayolo`` command: live, prepare, evaluate, kfold, cam (and the demo video)."""
+
+__all__ = ()
