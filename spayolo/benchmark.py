@@ -145,7 +145,8 @@ def measure_pipeline(args) -> None:
     clips = {n: [scene(tiles[:n] if n > 1 else tiles[-1:], 2 * i) for i in range(args.frames)] for n in (1, 5)}
     for backend in ("torch", "onnx"):
         for every in sorted({1, args.detect_every}):
-            fer = FERPipeline(model, device=args.device, detect_every=every, half=args.half, backend=backend)
+            fer = FERPipeline(model, device=args.device, detect_every=every, half=args.half and backend == "torch",
+                              backend=backend)
             for n, frames in clips.items():
                 for frame in frames[:3]:  # warm-up
                     fer.process([frame], track=True)
