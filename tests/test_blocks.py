@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import n_params, onnx_run, ss2d_params
 from spayolo.nn.fermam import ASFR, SS2D, ConvSSM, cross_merge, cross_scan
-from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFHead, MassAtt
+from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from spayolo.nn.msff import BFEU, FFM, MSFFModule
 from spayolo.nn.scan import _cuda_kernel, random_scan_inputs, selective_scan, selective_scan_chunked
 from spayolo.nn.spam import FEP, GAM, SPAM, _dft_basis, real_dft2
@@ -226,16 +226,28 @@ def test_pwfs_not_divisible():
 
 
 def test_lanmsff_block():
-    # h = 16/2 = 8; six 3x3 Conv(8, 8): 8*8*9 + 2*8 (BN) = 592 each -> 3552; MassAtt(16) = 429;
-    # 1x1 Conv(16, 24): 16*24 + 2*24 = 432
+    # h1 = 16/2 = 8, h2 = 24/2 = 12. split: 2 x Conv(8, 12, 3) = 2 * (8*12*9 + 2*12) = 1776;
+    # separable: 2 x (24*9 depthwise + 24*12 pointwise + 2*12 BN) = 1056; full: 2 x Conv(24, 12, 3) = 2 * 2616 = 5232;
+    # MassAtt(24): SE 24*6+6 + 6*24+24 = 318, spatial 20 + 76 + 148 + 37 = 281; 1x1 Conv(24, 24): 576 + 48 = 624
     m = LANMSFFBlock(16, 24)
-    assert n_params(m) == 3552 + 429 + 432 == 4413
-    assert n_params(LANMSFFBlock(16, 24, massatt=False)) == 3552 + 432
+    assert n_params(m) == 1776 + 1056 + 5232 + 599 + 624 == 9287
+    assert n_params(LANMSFFBlock(16, 24, massatt=False)) == 9287 - 599
     x = torch.randn(2, 16, 7, 7)
     assert m(x).shape == (2, 24, 7, 7)
     backward_ok(m, x)
     with pytest.raises(ValueError, match="even"):
         LANMSFFBlock(15, 16)
+    with pytest.raises(ValueError, match="even"):
+        LANMSFFBlock(16, 15)
+
+
+def test_separable_conv_has_no_activation_between_its_convs():
+    m = SeparableConv(4, 6, 3, d=2)
+    assert n_params(m) == 4 * 9 + 4 * 6 + 2 * 6  # depthwise, pointwise, BN
+    x = torch.randn(1, 4, 9, 9)
+    inner = m.pointwise(m.depthwise(x))
+    torch.testing.assert_close(m.eval()(x), m.act(m.bn(inner)))
+    assert n_params(LANMSFFConvBlock(3, 12)) == (3 * 12 * 9 + 24) + (12 * 9 + 12 * 12 + 24) + (12 * 12 * 9 + 24)
 
 
 def test_lanmsff_head_modes():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .common import SEGate, channel_shuffle, classify_output
 from .fermam import ASFR, ASR, SS2D, ConvSSM, cross_merge, cross_scan
-from .lanmsff import PWFS, LANMSFFBlock, LANMSFFHead, MassAtt
+from .lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from .msff import BFEU, FFM, MSFFModule
 from .scan import selective_scan, selective_scan_chunked
 from .spam import FEP, GAM, HRM, SPAM, real_dft2
@@ -21,12 +21,14 @@ __all__ = (
     "GAM",
     "HRM",
     "LANMSFFBlock",
+    "LANMSFFConvBlock",
     "LANMSFFHead",
     "MF",
     "MSFFModule",
     "MassAtt",
     "PWFS",
     "SEGate",
+    "SeparableConv",
     "SPAM",
     "SS2D",
     "WA",

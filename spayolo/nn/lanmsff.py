@@ -1,7 +1,7 @@
 """LANMSFF blocks ("A Lightweight Attention-based Deep Network via Multi-Scale Feature Fusion for Multi-View FER").
 
-MassAtt (eq. 3-4), point-wise feature selection PWFS (eq. 2), the shuffle-split dual-path block and the multi-level
-classification head.
+MassAtt (eq. 3-4), point-wise feature selection PWFS (eq. 2), the shuffle-split dual-path block, the multi-level
+classification head, and the separable conv of the authors' code (github AE-1129/LANMSFF, ``model.ipynb``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from spayolo.registry import register_block
 
 from .common import SEGate, channel_shuffle, classify_output, same_width
 
-__all__ = ("LANMSFFBlock", "LANMSFFHead", "MassAtt", "PWFS")
+__all__ = ("LANMSFFBlock", "LANMSFFConvBlock", "LANMSFFHead", "MassAtt", "PWFS", "SeparableConv")
 
 
 @register_block("same")
@@ -93,18 +93,69 @@ class PWFS(nn.Module):
 
 
 @register_block("out")
-class LANMSFFBlock(nn.Module):
-    """Shuffle-split dual-path block of LANMSFF (Fig. 2): plain and dilated 3x3 chains, MassAtt (eq. 3-4), then 1x1.
+class SeparableConv(nn.Module):
+    """Depthwise k x k then pointwise 1x1 conv, BN, activation: Keras' SeparableConv2D + BN as LANMSFF's code uses it.
 
-    Three steps, each: channel shuffle (2 groups), split in halves, one 3x3 conv on the first half and one dilation-2
-    3x3 conv on the second, concatenate. Concatenating and re-shuffling after every conv is how the paths exchange
-    features, so each path mixes receptive fields 3/5/7 and 5/9/13 across the steps. MassAtt weights the c1-channel
-    result and a 1x1 conv maps c1 -> c2. Convs are Ultralytics ``Conv`` (BN + SiLU); stride is 1 (downsample outside).
-    ``massatt=False`` is the paper's ablation without MassAtt (Table XII).
+    No activation between the depthwise and pointwise convs, unlike Ultralytics' ``DWConv`` + ``Conv``; the activation is
+    Ultralytics' ``Conv.default_act`` (a YAML's ``activation:``), so the block follows the model like ``Conv`` does.
 
     Args:
-        c1 (int): Input channels, even (split into two paths).
-        c2 (int): Output channels of the final 1x1 conv.
+        c1 (int): Input channels.
+        c2 (int): Output channels.
+        k (int): Depthwise kernel size.
+        d (int): Depthwise dilation.
+
+    Examples:
+        >>> SeparableConv(8, 16, 3, d=2)(torch.randn(2, 8, 9, 9)).shape
+        torch.Size([2, 16, 9, 9])
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 3, d: int = 1):
+        super().__init__()
+        self.depthwise = nn.Conv2d(c1, c1, k, padding=d * (k - 1) // 2, dilation=d, groups=c1, bias=False)
+        self.pointwise = nn.Conv2d(c1, c2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = Conv.default_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.pointwise(self.depthwise(x))))
+
+
+@register_block("out")
+class LANMSFFConvBlock(nn.Module):
+    """Plain block of LANMSFF (Fig. 1, blocks 1 and 3 of the authors' code): 3x3 conv, separable 3x3 conv, 3x3 conv.
+
+    Args:
+        c1 (int): Input channels.
+        c2 (int): Output channels of each of the three convs.
+
+    Examples:
+        >>> LANMSFFConvBlock(3, 12)(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 12, 16, 16])
+    """
+
+    def __init__(self, c1: int, c2: int):
+        super().__init__()
+        self.convs = nn.Sequential(Conv(c1, c2, 3), SeparableConv(c2, c2, 3), Conv(c2, c2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+@register_block("out")
+class LANMSFFBlock(nn.Module):
+    """Dual-path block of LANMSFF (Fig. 2; ``two_path`` + MassAtt + 1x1 in the authors' code): plain and dilated paths.
+
+    The input is channel-shuffled and split in halves: a plain 3x3 conv on one half and a dilation-2 3x3 conv on the
+    other, c2/2 outputs each, concatenated. Both paths then read the whole concatenation twice more, first as separable
+    3x3 convs, then as 3x3 convs, each path keeping its dilation, so they exchange features at every step and cover
+    receptive fields 3/5/7 and 5/9/13. MassAtt (eq. 3-4) weights the c2-channel result and a 1x1 conv mixes it.
+    ``massatt=False`` is the paper's ablation without MassAtt (Table XII). The authors shuffle the channels by a random
+    permutation drawn once; a fixed two-group interleave is the same operation with a reproducible draw.
+
+    Args:
+        c1 (int): Input channels, even (split into the two paths).
+        c2 (int): Output channels, even (c2/2 per path).
         massatt (bool): Keep MassAtt.
 
     Examples:
@@ -114,18 +165,20 @@ class LANMSFFBlock(nn.Module):
 
     def __init__(self, c1: int, c2: int, massatt: bool = True):
         super().__init__()
-        if c1 % 2:
-            raise ValueError(f"LANMSFFBlock splits its input in two halves: c1={c1} must be even")
-        h = c1 // 2
-        self.plain = nn.ModuleList(Conv(h, h, 3) for _ in range(3))
-        self.dilated = nn.ModuleList(Conv(h, h, 3, d=2) for _ in range(3))
-        self.attention = MassAtt(c1) if massatt else nn.Identity()
-        self.project = Conv(c1, c2, 1)
+        if c1 % 2 or c2 % 2:
+            raise ValueError(f"LANMSFFBlock splits its channels between two paths: c1={c1} and c2={c2} must be even")
+        h1, h2 = c1 // 2, c2 // 2
+        self.split = nn.ModuleList((Conv(h1, h2, 3), Conv(h1, h2, 3, d=2)))
+        self.separable = nn.ModuleList((SeparableConv(c2, h2, 3), SeparableConv(c2, h2, 3, d=2)))
+        self.full = nn.ModuleList((Conv(c2, h2, 3), Conv(c2, h2, 3, d=2)))
+        self.attention = MassAtt(c2) if massatt else nn.Identity()
+        self.project = Conv(c2, c2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for plain, dilated in zip(self.plain, self.dilated):
-            a, b = channel_shuffle(x, 2).chunk(2, 1)
-            x = torch.cat((plain(a), dilated(b)), 1)
+        halves = channel_shuffle(x, 2).chunk(2, 1)
+        x = torch.cat([path(half) for path, half in zip(self.split, halves)], 1)
+        for paths in (self.separable, self.full):
+            x = torch.cat([path(x) for path in paths], 1)
         return self.project(self.attention(x))
 
 
