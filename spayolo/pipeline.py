@@ -250,13 +250,14 @@ class FERPipeline:
         backend: 'onnx' (default) runs MTCNN's nets and the classifier in ONNX Runtime, about 2x faster on a CPU (a
             .pt classifier is exported in memory; CUDA provider when onnxruntime-gpu and a CUDA device are there);
             'torch' runs them in PyTorch.
-        tta: flip test-time augmentation, the class probabilities of each crop averaged with its mirror image's.
+        tta: flip test-time augmentation (default on: +0.7 points top-1 on FER2013 PublicTest for the shipped
+            weights), the class probabilities of each crop averaged with its mirror image's.
         trusted: load a .pt classifier (or YOLO face detector) without the restricted allow-list; this runs any code
             the file contains, so only for files you made or trust (see spayolo.checkpoints).
     """
 
     def __init__(self, model=None, detector="mtcnn", device="cpu", imgsz=None, margin=0.2, track=None, gray=True,
-                 half=False, min_face=40.0, detect_every=5, backend="onnx", tta=False, trusted=False):
+                 half=False, min_face=40.0, detect_every=5, backend="onnx", tta=True, trusted=False):
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if backend not in ("torch", "onnx"):

@@ -111,6 +111,7 @@ def forward_dtypes(yolo):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkeypatch, native, caplog):
     from ultralytics import YOLO
@@ -124,6 +125,7 @@ def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkey
     assert yolo.trainer.model.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path):
     from ultralytics import YOLO
 
@@ -138,6 +140,7 @@ def final_state(trainer) -> dict:
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
     from ultralytics import YOLO
 
