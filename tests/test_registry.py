@@ -118,7 +118,7 @@ ORDER = textwrap.dedent(
     print("TASK", YOLO(sys.argv[1]).task)
     """
 )
-FAST_ORDERS = ("spayolo.nn", "ultralytics.data.utils")  # issue 12.8's order; one that imports the parser from within
+FAST_ORDERS = ("spayolo.nn",)  # issue 12.8's order; the others (parser imported from within, ...) run as slow
 ULTRALYTICS_FIRST = ("ultralytics", "ultralytics.nn.modules", "ultralytics.data.utils", "ultralytics.engine.model",
                      "ultralytics.engine.trainer", "ultralytics.engine.validator", "ultralytics.engine.exporter")
 
@@ -172,6 +172,7 @@ def test_autoload_can_be_switched_off(tmp_path):
     assert "OFF ultralytics.nn.tasks" in result.stdout and "ON spayolo.parser True" in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter each: kept out of the quick run
 def test_register_before_ultralytics_patches_once(tmp_path):
     code = ("import spayolo; spayolo.register(); import ultralytics.nn.tasks as t; "
             "print('TWICE', hasattr(t.parse_model.stock, 'stock'), hasattr(t.check_yaml.stock, 'stock'))")
@@ -180,6 +181,7 @@ def test_register_before_ultralytics_patches_once(tmp_path):
     assert "TWICE False False" in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter each: kept out of the quick run
 def test_a_bug_in_spayolo_nn_is_not_swallowed(tmp_path):
     """An ImportError inside registration fails the import that triggered it, naming the cause (issue 12.12)."""
     code = "import sys; sys.modules['spayolo.nn.wamf'] = None; import ultralytics.nn.tasks"
@@ -202,6 +204,7 @@ UNSUPPORTED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter each: kept out of the quick run
 def test_unsupported_ultralytics_warns_once_saying_what_will_not_work(tmp_path):
     result = run_cli([sys.executable, "-c", UNSUPPORTED], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
