@@ -14,7 +14,6 @@ native, channels_last) through the same ``YOLO.train``, on the same images, one 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import tempfile
@@ -218,7 +217,7 @@ def benchmark_training(args) -> None:
     names = []
     for name in args.models:
         names += [n for n in (stock_twin(name), name) if n and n not in names]
-    from spayolo.engine.trainer import cpu_has_native_bf16
+    from spayolo.engine.trainer import cpu_has_native_bf16, usable_cores
 
     epoch_images = train_images(args.data)
     rows = {}
@@ -227,7 +226,7 @@ def benchmark_training(args) -> None:
             rows[name, label] = measure_training(name, args.data, args.imgsz, args.batch, args.batches, args.device,
                                                  path)
     print(f"training: device={args.device} imgsz={args.imgsz} batch={args.batch} batches={args.batches} "
-          f"cores={len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
+          f"cores={usable_cores()} "
           f"native bf16={cpu_has_native_bf16()} epoch={epoch_images} images ({args.data})")
     print(f"{'model':<18}{'path':<7}{'img/s':>9}{'epoch end s':>13}{'s/epoch':>10}{'fast/stock':>12}")
     for (name, label), row in rows.items():

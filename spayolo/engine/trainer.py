@@ -33,7 +33,7 @@ from .augment import BatchAugment, mix_batch
 from .loss import SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
 
-__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16")
+__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "usable_cores")
 
 STATE_FILE = "last.state.pt"
 
@@ -43,7 +43,8 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -123,7 +124,7 @@ class FERTrainer(ClassificationTrainer):
             else:
                 LOGGER.info(f"{colorstr('AMP:')} this CPU has no native bf16 (AVX512-BF16 or AMX): training in fp32")
         if self.ram_cache:
-            torch.set_num_threads(_usable_cores())
+            torch.set_num_threads(usable_cores())
         if channels_last or (channels_last is None and self.ram_cache):
             self._memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
