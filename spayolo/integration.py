@@ -110,8 +110,9 @@ def use_dataset_names(module) -> None:
         _wrap(module, "check_cls_dataset", _check_cls_dataset)
 
 
-# Trainer arguments spayolo adds; Ultralytics dropped label_smoothing in 8.1 and now deletes it with a warning.
-EXTRA_TRAIN_ARGS = {"label_smoothing": 0.0}
+# Trainer arguments spayolo adds; Ultralytics dropped label_smoothing in 8.1 and now deletes it with a warning, and
+# always keeps an EMA of the weights (``ema=False`` lets a run measure what that EMA buys).
+EXTRA_TRAIN_ARGS = {"label_smoothing": 0.0, "ema": True}
 
 
 def _handle_deprecation(stock):
@@ -125,14 +126,15 @@ def _handle_deprecation(stock):
 
 
 def add_train_args(cfg) -> None:
-    """Make ``ultralytics.cfg`` accept :data:`EXTRA_TRAIN_ARGS` (CLI and ``YOLO.train``), checked as fractions."""
+    """Make ``ultralytics.cfg`` accept :data:`EXTRA_TRAIN_ARGS` (CLI and ``YOLO.train``), checked by their type."""
     from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT  # loaded before ultralytics.cfg executes
 
     for key, value in EXTRA_TRAIN_ARGS.items():
         DEFAULT_CFG_DICT.setdefault(key, value)
         if not hasattr(DEFAULT_CFG, key):
             setattr(DEFAULT_CFG, key, value)
-    cfg.CFG_FRACTION_KEYS = cfg.CFG_FRACTION_KEYS | set(EXTRA_TRAIN_ARGS)
+    cfg.CFG_FRACTION_KEYS = cfg.CFG_FRACTION_KEYS | {k for k, v in EXTRA_TRAIN_ARGS.items() if type(v) is float}
+    cfg.CFG_BOOL_KEYS = cfg.CFG_BOOL_KEYS | {k for k, v in EXTRA_TRAIN_ARGS.items() if type(v) is bool}
     _wrap(cfg, "_handle_deprecation", _handle_deprecation)
 
 

@@ -136,6 +136,17 @@ def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path):
     assert type(yolo.trainer.train_loader).__name__ == "InfiniteDataLoader"
 
 
+@pytest.mark.parametrize("ema", [True, False])
+def test_ema_false_validates_the_trained_weights(tiny_dataset, tmp_path, ema):
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolov8n-cls.yaml")
+    yolo.train(data=str(tiny_dataset), epochs=1, cache="ram", ema=ema, project=str(tmp_path), name="r", **TINY)
+    model, average = yolo.trainer.model.state_dict(), yolo.trainer.ema.ema.state_dict()
+    same = all(torch.equal(model[k].float(), v.float()) for k, v in average.items() if v.dtype.is_floating_point)
+    assert same is not ema
+
+
 def final_state(trainer) -> dict:
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 

@@ -9,7 +9,8 @@ Switched on by stock arguments, each documented in the README:
   (AVX512-BF16 or AMX); stock Ultralytics trains fp32 on every CPU. Elsewhere it says so once and trains fp32.
 - ``channels_last``: unset means on for the CPU fast path (faster convolutions there); ``True``/``False`` force it.
 - ``mixup``/``cutmix`` (ignored by the stock classification trainer) mix any batch, and ``label_smoothing`` (an
-  argument spayolo adds back) smooths the loss, on either path.
+  argument spayolo adds back) smooths the loss, on either path. ``ema=False`` (also spayolo's) validates and saves the
+  trained weights themselves instead of their exponential moving average.
 - With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
   (``NUM_THREADS = cores - 1``) and then trains with none (``workers=0`` on CPU), so a 2-core machine used one.
 
@@ -113,6 +114,8 @@ class FERTrainer(ClassificationTrainer):
             self.args.channels_last = False  # applied below; the stock setup only warns about it on CPU
         super()._setup_train()
         self.args.channels_last = channels_last
+        if not getattr(self.args, "ema", True):
+            self.ema.decay = lambda updates: 0.0  # every update copies the weights: the "EMA" is the model
         self._memory_format = torch.contiguous_format
         if not cpu:
             return
