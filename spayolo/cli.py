@@ -1,10 +1,11 @@
-"""The ``spayolo`` command: ``spayolo live|prepare|evaluate|kfold|cam|benchmark [arguments]``.
+"""The ``spayolo`` command: ``spayolo live|prepare|evaluate|kfold|cam|sweep|benchmark [arguments]``.
 
     spayolo live --source clip.mp4 --no-show
     spayolo prepare fer2013 --csv fer2013.csv
     spayolo evaluate --model weights/spayolo-n-fer2013.pt --data fer2013.yaml
     spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10 imgsz=64
     spayolo cam --model best.pt --source faces/
+    spayolo sweep zoo-fer2013 --project ~/runs/zoo --export weights/zoo
     spayolo benchmark --pipeline
 
 ``spayolo <command> --help`` lists a command's arguments. A bad source, model, output or flag stops the command with
@@ -27,6 +28,7 @@ COMMANDS = {
     "evaluate": "spayolo.apps.evaluate",
     "kfold": "spayolo.apps.kfold",
     "cam": "spayolo.apps.cam",
+    "sweep": "spayolo.apps.sweep",
     "benchmark": "spayolo.benchmark",
 }
 # what a user's input can raise: a missing file, a value spayolo refuses (SourceError, CheckpointError, ...), an

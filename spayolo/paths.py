@@ -1,10 +1,10 @@
-"""Where spayolo's data files live (model and dataset YAMLs, shipped weights), in a wheel or in a checkout."""
+"""Where spayolo's data files live (model, dataset and sweep YAMLs, shipped weights), in a wheel or in a checkout."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ("DATASETS_CFG_DIR", "MODELS_DIR", "packaged")
+__all__ = ("DATASETS_CFG_DIR", "MODELS_DIR", "SWEEPS_DIR", "packaged")
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -17,3 +17,4 @@ def packaged(*parts: str) -> Path:
 
 MODELS_DIR = packaged("cfg", "models")
 DATASETS_CFG_DIR = packaged("cfg", "datasets")
+SWEEPS_DIR = packaged("cfg", "sweeps")

@@ -1,0 +1,92 @@
+"""spayolo sweep: runs trained in order with one recipe, finished ones skipped, interrupted ones resumed, the table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from spayolo import cli
+from spayolo.apps import sweep
+
+RECIPE = dict(imgsz=32, epochs=1, batch=4, nbs=4, workers=0, plots=False, seed=0, warmup_epochs=0, optimizer="AdamW",
+              lr0=1e-3, cache="ram", device="cpu")
+
+
+def write_sweep(path, train: dict, runs: dict):
+    path.write_text(yaml.safe_dump({"train": train, "runs": runs}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tiny_dataset, tmp_path_factory):
+    """Two seeds of one model trained one epoch through `spayolo sweep`, with their exports."""
+    root = tmp_path_factory.mktemp("sweep")
+    file = write_sweep(root / "s.yaml", {"model": "yolov8n-cls.yaml", "data": str(tiny_dataset), **RECIPE},
+                       {"a": {"group": "g"}, "b": {"seed": 1, "group": "g", "note": "second seed"}})
+    assert cli.main(["sweep", str(file), "--project", str(root / "runs"), "--export", str(root / "zoo")]) == 0
+    return file, root
+
+
+def test_sweep_scores_every_run_and_tabulates_groups(finished_sweep, capsys):
+    file, root = finished_sweep
+    rows = json.loads((root / "runs" / "sweep.json").read_text())
+    assert list(rows) == ["a", "b"]
+    for row in rows.values():
+        assert row["epochs"] == 1 and 0 <= row["top1"] <= 1 and 0 <= row["top1_tta"] <= 1
+        assert row["params"] == 1_440_850 and row["cpu_ms"] > 0 and set(row["per_class"]) == {"happy", "sad"}
+    table = (root / "runs" / "sweep.md").read_text()
+    assert "| a | yolov8n-cls | 1 |" in table and "second seed |" in table
+    assert "g: top-1" in table and "2 runs" in table
+
+
+def test_sweep_exports_fp16_checkpoints_without_optimizer(finished_sweep):
+    _, root = finished_sweep
+    for name in ("a", "b"):
+        ckpt = torch.load(root / "zoo" / f"{name}-faces.pt", weights_only=False)
+        assert ckpt["optimizer"] is None and ckpt["epoch"] == -1
+        assert {p.dtype for p in ckpt["model"].parameters()} == {torch.float16}
+
+
+def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(finished_sweep, monkeypatch):
+    from ultralytics import YOLO
+
+    file, root = finished_sweep
+    last = root / "runs" / "b" / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["epoch"] = 0  # as Ultralytics leaves a run stopped after its first epoch
+    torch.save(ckpt, last)
+    calls = []
+    monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(sweep, "score", lambda *args: pytest.fail("scored a run whose best.pt did not change"))
+    assert [sweep.run_state(root / "runs" / n) for n in ("a", "b", "c")] == ["finished", "interrupted", "new"]
+    assert cli.main(["sweep", str(file), "--project", str(root / "runs")]) == 0
+    assert calls == [{"resume": True}]
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"train": {"model": "yolov8n-cls.yaml"}, "runs": {"a": {"lr": 1}}}, "runs.a: unknown argument(s) lr"),
+    ({"train": {"data": "x"}, "runs": {"a": {}}}, "runs.a names no model"),
+    ({"train": {"model": "m.yaml", "project": "p"}, "runs": {"a": {}}}, "'project' is set by spayolo sweep"),
+    ({"train": {"model": "m.yaml"}}, "needs a 'train:' mapping"),
+    ("train: [", "not valid YAML"),
+])
+def test_sweep_file_errors_name_the_file_and_the_field(tmp_path, capsys, cfg, message):
+    file = tmp_path / "bad.yaml"
+    file.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    assert cli.main(["sweep", str(file), "--commands"]) == 2
+    err = capsys.readouterr().err
+    assert str(file) in err and message in err
+
+
+def test_sweep_commands_and_run_selection(tmp_path, capsys):
+    assert cli.main(["sweep", "recipe-fer2013", "--commands", "--only", "base,sgd", "--project", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("yolo classify train model=spayolo-n.yaml ") for line in lines)
+    assert "optimizer=SGD lr0=0.01" in lines[1] and lines[1].endswith(f"project={tmp_path} name=sgd")
+    assert cli.main(["sweep", "recipe-fer2013", "--only", "base,nope"]) == 2
+    assert "has no run nope" in capsys.readouterr().err
+    assert cli.main(["sweep", "no-such-sweep"]) == 2
+    assert "built-in sweeps: recipe-fer2013, zoo-fer2013" in capsys.readouterr().err
