@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import n_params, onnx_run, ss2d_params
+from spayolo.nn.common import PaddedDWConv
 from spayolo.nn.fermam import ASFR, SS2D, ConvSSM, cross_merge, cross_scan
 from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from spayolo.nn.msff import BFEU, FFM, MSFFModule
@@ -114,6 +115,22 @@ def test_real_dft2_matches_fft(shape):
     h, w = shape[-2:]
     expected = torch.fft.fft2(x.double()).real / math.sqrt(h * w)
     assert torch.allclose(real_dft2(x).double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("k, size", [(7, 4), (5, 4), (7, 2), (3, 4), (7, 9)])
+def test_padded_dwconv_equals_dwconv_on_any_map(k, size):
+    from ultralytics.nn.modules import DWConv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    torch.manual_seed(0)
+    stock, padded = DWConv(8, 8, k), PaddedDWConv(8, 8, k)
+    padded.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 8, size, size, requires_grad=True)
+    (stock_out, stock_grad), (out, grad) = ((y, torch.autograd.grad(y.square().sum(), x)[0]) for y in (stock(x), padded(x)))
+    torch.testing.assert_close(out, stock_out)
+    torch.testing.assert_close(grad, stock_grad)
+    padded.eval().conv = fuse_conv_and_bn(padded.conv, padded.bn)
+    torch.testing.assert_close(padded.forward_fuse(x), stock.eval()(x))
 
 
 def test_spam_parameter_count_by_hand():

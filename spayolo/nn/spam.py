@@ -7,11 +7,11 @@ from functools import lru_cache
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import Conv, DWConv
+from ultralytics.nn.modules import Conv
 
 from spayolo.registry import register_block, register_layer
 
-from .common import SEGate, same_width
+from .common import PaddedDWConv, SEGate, same_width
 
 __all__ = ("FEP", "GAM", "HRM", "SPAM", "real_dft2")
 
@@ -58,7 +58,7 @@ class HRM(nn.Module):
             self.qk = Conv(c1, 2 * c2, 1)
             return
         self.branches = nn.ModuleList(
-            nn.Sequential(Conv(c1, c2, 1), *([DWConv(c2, c2, k)] if k > 1 else [])) for k in (1, 3, 5, 7)
+            nn.Sequential(Conv(c1, c2, 1), *([PaddedDWConv(c2, c2, k)] if k > 1 else [])) for k in (1, 3, 5, 7)
         )
         self.q_weights = nn.Parameter(torch.tensor([1 / 3, 1 / 3, 1 / 3]))  # branches 1, 3, 5
         self.k_weights = nn.Parameter(torch.tensor([0.2, 0.4, 0.4]))  # branches 3, 5, 7
