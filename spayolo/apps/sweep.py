@@ -84,8 +84,11 @@ def _epoch_seconds(results: Path) -> tuple[int, float]:
     return len(times), statistics.median(spans)
 
 
-def score(folder: Path, train: dict, trusted: bool) -> dict:
-    """Accuracy of the run's best.pt on the val split (with and without flip TTA), size, CPU latency, epoch time."""
+def score(folder: Path, trusted: bool) -> dict:
+    """Accuracy of the run's best.pt on the val split (with and without flip TTA), size, CPU latency, epoch time.
+
+    Data, image size and device are those the run trained with (its args.yaml).
+    """
     import torch
 
     from spayolo.apps.evaluate import evaluate
@@ -94,11 +97,13 @@ def score(folder: Path, train: dict, trusted: bool) -> dict:
     from spayolo.engine.trainer import usable_cores
 
     best = folder / "weights" / "best.pt"
-    plain = evaluate(str(best), train["data"], train["imgsz"], trusted=trusted, device="cpu")
-    flipped = evaluate(str(best), train["data"], train["imgsz"], tta=True, trusted=trusted, device="cpu")
+    args = yaml.safe_load((folder / "args.yaml").read_text())
+    data, imgsz, device = args["data"], args["imgsz"], args.get("device")
+    plain = evaluate(str(best), data, imgsz, trusted=trusted, device=device)
+    flipped = evaluate(str(best), data, imgsz, tta=True, trusted=trusted, device=device)
     model = load_yolo(best, trusted).model.float().eval()
     torch.set_num_threads(usable_cores())
-    latency, _ = measure_torch(model, train["imgsz"], torch.device("cpu"), repeats=30, batch=1)
+    latency, _ = measure_torch(model, imgsz, torch.device("cpu"), repeats=30, batch=1)
     epochs, epoch_s = _epoch_seconds(folder / "results.csv")
     return {"top1": plain["top1"], "top1_tta": flipped["top1"], "mean_class_accuracy": plain["mean_class_accuracy"],
             "per_class": plain["per_class"], "params": sum(p.numel() for p in model.parameters()),
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         best = folder / "weights" / "best.pt"
         if rows.get(name, {}).get("best_mtime") != best.stat().st_mtime:
             rows[name] = {"model": train_args["model"], **{k: run[k] for k in RUN_KEYS if k in run},
-                          **score(folder, train_args, args.trust_checkpoint)}
+                          **score(folder, args.trust_checkpoint)}
             report.write_text(json.dumps(rows, indent=2))
         if args.export:
             from ultralytics.utils.torch_utils import strip_optimizer
