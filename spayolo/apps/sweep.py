@@ -11,9 +11,9 @@ the command and starting it again continues an interrupted run with ``resume=Tru
 
 Each finished run is scored on the dataset's val split (FER2013: PublicTest) with the checkpoint Ultralytics selects
 there (best.pt): top-1 without and with flip TTA, mean per-class accuracy, parameters, PyTorch CPU latency at
-batch 1, and seconds per epoch (the median epoch, so a paused run does not count its pause). The table goes to the
-screen and to <project>/sweep.md, the figures to <project>/sweep.json; ``--export`` copies each best.pt, FP16 and
-without optimizer state, to <dir>/<run>-<dataset>.pt.
+batch 1, seconds per epoch (the median epoch, so a paused run does not count its pause) and training minutes
+(epochs x that median). The table goes to the screen and to <project>/sweep.md, the figures to
+<project>/sweep.json; ``--export`` copies each best.pt, FP16 and without optimizer state, to <dir>/<run>-<dataset>.pt.
 """
 
 from __future__ import annotations
@@ -113,11 +113,12 @@ def score(folder: Path, trusted: bool) -> dict:
 def markdown(rows: dict[str, dict]) -> str:
     """The sweep as a Markdown table, then mean, spread and range of every group with more than one run."""
     lines = ["| run | model | epochs | top-1 | top-1, flip TTA | mean per class | params | CPU ms, batch 1 | s/epoch | "
-             "note |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "training min | note |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, r in rows.items():
         lines.append(f"| {name} | {Path(r['model']).stem} | {r['epochs']} | {100 * r['top1']:.2f} % | "
                      f"{100 * r['top1_tta']:.2f} % | {100 * r['mean_class_accuracy']:.2f} % | "
-                     f"{r['params'] / 1e6:.3f} M | {r['cpu_ms']:.1f} | {r['epoch_s']:.0f} | {r.get('note', '')} |")
+                     f"{r['params'] / 1e6:.3f} M | {r['cpu_ms']:.1f} | {r['epoch_s']:.0f} | "
+                     f"{r['epochs'] * r['epoch_s'] / 60:.0f} | {r.get('note', '')} |")
     groups: dict[str, list[float]] = {}
     for r in rows.values():
         if r.get("group"):
