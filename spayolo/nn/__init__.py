@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import SEGate, channel_shuffle, classify_output
+from .common import PaddedDWConv, SEGate, channel_shuffle, classify_output
 from .fermam import ASFR, ASR, SS2D, ConvSSM, cross_merge, cross_scan
 from .lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from .msff import BFEU, FFM, MSFFModule
@@ -27,6 +27,7 @@ __all__ = (
     "MSFFModule",
     "MassAtt",
     "PWFS",
+    "PaddedDWConv",
     "SEGate",
     "SeparableConv",
     "SPAM",
