@@ -244,6 +244,12 @@ def test_live_dropped_stream_exits_1_and_keeps_what_it_wrote(tmp_path, tiny_ckpt
     assert 5 < len(read_jsonl(js)) == count_frames(out) < 30
 
 
+def _default_sigint():
+    """Give the child Ctrl-C's default action: a shell that starts the suite in the background (`&`, nohup) makes its
+    children ignore SIGINT, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_live_stopped_by_a_signal_keeps_video_and_records_complete(tmp_path, tiny_ckpt, signum, code):
@@ -254,7 +260,7 @@ def test_live_stopped_by_a_signal_keeps_video_and_records_complete(tmp_path, tin
     proc = subprocess.Popen([sys.executable, "-m", "spayolo", "live", "--source", str(video), "--model", str(tiny_ckpt),
                              "--no-show", "--backend", "torch", "--save", str(out), "--json", str(js)],
                             cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not (partial.exists() and len(partial.read_text().splitlines()) >= 5):
         time.sleep(0.2)
