@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loading")
+__all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loading", "training_state")
 
 
 class CheckpointError(ValueError):
@@ -119,3 +119,15 @@ def load_yolo(model: str | Path, trusted: bool = False, task: str | None = None)
         raise
     except Exception as error:  # YOLO() reports damaged files in many exception types
         raise _refusal(Path(model), error) from error
+
+
+def training_state(run: str | Path) -> str:
+    """A training run folder's state: 'new', 'interrupted' (resume it) or 'finished'.
+
+    Ultralytics marks the final checkpoint of a completed run with epoch -1.
+    """
+    last = Path(run) / "weights" / "last.pt"
+    if not last.is_file():
+        return "new"
+    _, ckpt = load_checkpoint(last)
+    return "finished" if ckpt.get("epoch", -1) == -1 else "interrupted"

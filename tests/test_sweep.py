@@ -10,6 +10,7 @@ import yaml
 
 from spayolo import cli
 from spayolo.apps import sweep
+from spayolo.checkpoints import training_state
 
 RECIPE = dict(imgsz=32, epochs=1, batch=4, nbs=4, workers=0, plots=False, seed=0, warmup_epochs=0, optimizer="AdamW",
               lr0=1e-3, cache="ram", device="cpu")
@@ -61,7 +62,7 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(finished_sweep, 
     calls = []
     monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: calls.append(kwargs))
     monkeypatch.setattr(sweep, "score", lambda *args: pytest.fail("scored a run whose best.pt did not change"))
-    assert [sweep.run_state(root / "runs" / n) for n in ("a", "b", "c")] == ["finished", "interrupted", "new"]
+    assert [training_state(root / "runs" / n) for n in ("a", "b", "c")] == ["finished", "interrupted", "new"]
     assert cli.main(["sweep", str(file), "--project", str(root / "runs")]) == 0
     assert calls == [{"resume": True}]
 

@@ -26,7 +26,7 @@ from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hop
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
-from spayolo.apps.kfold import fold_roots
+from spayolo.apps.kfold import fold_state, fold_roots, parse_overrides
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
 from spayolo.pipeline import FERPipeline, Face
@@ -643,6 +643,15 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
     assert set(report["top1_per_fold"]) == {"0", "1"} and 0 <= report["top1_mean"] <= 1 and report["complete"]
     assert report["imgsz_per_fold"] == {"0": 32, "1": 32} and report["weights"] == "last epoch of each fold"
     assert report["overrides"]["lr0"] == 5e-4  # parsed as the yolo CLI does (YAML would keep "5e-4" a string)
+    for key in ("top1_tta", "mean_class_accuracy"):  # flip TTA (the pipeline's default) and per-class scores too
+        assert set(report[f"{key}_per_fold"]) == {"0", "1"} and 0 <= report[f"{key}_mean"] <= 1
+    # a finished fold is skipped when run again with the same arguments, retrained when they differ
+    fold1 = tmp_path / "runs" / "tiny-spayolo-n" / "fold1"
+    overrides = parse_overrides(args[args.index("imgsz=32"):])
+    assert fold_state(fold1, "spayolo-n.yaml", 1, overrides) == "finished"
+    assert fold_state(fold1, "spayolo-n.yaml", 2, overrides) == "new"
+    assert fold_state(fold1, "spayolo-n.yaml", 1, {**overrides, "lr0": 1e-3}) == "new"
+    trained = (fold1 / "weights" / "last.pt").stat().st_mtime
     # fold 2 cannot train (its train/ holds no images): fold 1 stays on record
     for image in (tmp_path / "tiny" / "fold2" / "train").rglob("*.jpg"):
         image.unlink()
@@ -651,3 +660,4 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
     assert "fold 2 failed" in capsys.readouterr().err
     report = json.loads((tmp_path / "runs" / "tiny-spayolo-n" / "kfold.json").read_text())
     assert set(report["top1_per_fold"]) == {"1"} and not report["complete"] and "2" in report["failed"]
+    assert (fold1 / "weights" / "last.pt").stat().st_mtime == trained  # scored again, not retrained

@@ -4,10 +4,12 @@
     spayolo kfold ckplus --folds 0,3 --epochs 10 imgsz=64
 
 Each fold trains on <root>/fold<k>/train and is scored on <root>/fold<k>/val with its *last* epoch's weights, at
-the size it was trained at: the val folds are the test data of the protocol, so picking the best epoch on them
-(Ultralytics' best.pt) would inflate the result. Prints per-fold top-1 and the mean +- standard deviation, and
-writes them to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Extra
-key=value arguments go to `YOLO.train` unchanged.
+the size it was trained at, without and with flip test-time augmentation (the pipeline's default): the val folds are
+the test data of the protocol, so picking the best epoch on them (Ultralytics' best.pt) would inflate the result.
+Prints per-fold top-1 and the mean +- standard deviation, and writes them with each fold's mean per-class accuracy
+to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Run again, the same
+command skips the folds that finished with the same arguments and resumes an interrupted one. Extra key=value
+arguments go to `YOLO.train` unchanged.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import sys
 from pathlib import Path
 
 from spayolo.apps.args import add_checkpoint_args, positive_int
-from spayolo.checkpoints import load_yolo
+from spayolo.apps.evaluate import evaluate
+from spayolo.checkpoints import load_yolo, training_state
 
-__all__ = ("fold_roots", "main", "parse_folds", "parse_overrides")
+__all__ = ("fold_roots", "fold_state", "main", "parse_folds", "parse_overrides")
 
 
 def fold_roots(dataset: str) -> list[Path]:
@@ -67,12 +70,29 @@ def parse_folds(text: str | None, count: int) -> list[int]:
     return folds
 
 
+SCORES = ("top1", "top1_tta", "mean_class_accuracy")  # each kept per fold and as mean +- std over the folds
+
+
 def _write(out: Path, report: dict) -> None:
-    scores = list(report["top1_per_fold"].values())
-    report["top1_mean"] = statistics.fmean(scores) if scores else None
-    report["top1_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    for key in SCORES:
+        scores = list(report[f"{key}_per_fold"].values())
+        report[f"{key}_mean"] = statistics.fmean(scores) if scores else None
+        report[f"{key}_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
     out.mkdir(parents=True, exist_ok=True)
     (out / "kfold.json").write_text(json.dumps(report, indent=2))
+
+
+def fold_state(run: Path, model: str, epochs: int, overrides: dict) -> str:
+    """training_state() of a fold's folder, but 'new' when it was trained with other arguments than these."""
+    state = training_state(run)
+    if state != "new":
+        import yaml
+
+        trained = yaml.safe_load((run / "args.yaml").read_text())
+        wanted = {"model": model, "epochs": epochs, **overrides}
+        if any(trained.get(key) != value for key, value in wanted.items()):
+            return "new"
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,30 +114,36 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{Path(args.dataset).name}-{Path(args.model).stem}"
     out = Path(args.project).resolve() / name
     report = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "overrides": overrides,
-              "folds": folds, "complete": False, "top1_per_fold": {}, "imgsz_per_fold": {},
+              "folds": folds, "complete": False, **{f"{key}_per_fold": {} for key in SCORES}, "imgsz_per_fold": {},
               "weights": "last epoch of each fold"}
     for k in folds:
-        root = roots[k]
+        root, run = roots[k], out / f"fold{k}"
         try:
-            model = load_yolo(args.model, args.trust_checkpoint)
-            model.train(data=str(root), epochs=args.epochs, project=str(out), name=f"fold{k}", exist_ok=True,
-                        **overrides)
-            last = load_yolo(out / f"fold{k}" / "weights" / "last.pt")
-            imgsz = last.ckpt["train_args"]["imgsz"]  # the size this fold trained at
-            metrics = last.val(data=str(root), split="val", imgsz=imgsz, batch=overrides.get("batch", 32),
-                               device=overrides.get("device"), plots=False, project=str(out), name=f"fold{k}-val",
-                               exist_ok=True)
+            state = fold_state(run, args.model, args.epochs, overrides)
+            if state == "interrupted":
+                load_yolo(run / "weights" / "last.pt").train(resume=True)
+            elif state == "new":
+                load_yolo(args.model, args.trust_checkpoint).train(data=str(root), epochs=args.epochs,
+                                                                   project=str(out), name=run.name, exist_ok=True,
+                                                                   **overrides)
+            last = run / "weights" / "last.pt"
+            imgsz = load_yolo(last).ckpt["train_args"]["imgsz"]  # the size this fold trained at
+            scoring = dict(batch=overrides.get("batch", 32), device=overrides.get("device"))
+            plain = evaluate(str(last), str(root), imgsz, **scoring)
+            flipped = evaluate(str(last), str(root), imgsz, tta=True, **scoring)
         except Exception as error:  # keep the finished folds on record whatever stopped this one
             report["failed"] = {k: f"{type(error).__name__}: {error}"}
             _write(out, report)
             print(f"spayolo kfold: fold {k} failed ({type(error).__name__}: {error}); finished folds are in "
                   f"{out / 'kfold.json'}", file=sys.stderr)
             return 1
-        report["top1_per_fold"][k], report["imgsz_per_fold"][k] = float(metrics.top1), imgsz
+        for key, value in zip(SCORES, (plain["top1"], flipped["top1"], plain["mean_class_accuracy"])):
+            report[f"{key}_per_fold"][k] = value
+        report["imgsz_per_fold"][k] = imgsz
         _write(out, report)
-        print(f"fold {k}: top-1 {metrics.top1:.4f} at imgsz {imgsz} ({root})")
+        print(f"fold {k}: top-1 {plain['top1']:.4f}, with flip TTA {flipped['top1']:.4f} at imgsz {imgsz} ({root})")
     report["complete"] = True
     _write(out, report)
-    print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f} over {len(folds)} folds -> "
-          f"{out / 'kfold.json'}")
+    print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f}, with flip TTA "
+          f"{report['top1_tta_mean']:.4f} +- {report['top1_tta_std']:.4f} over {len(folds)} folds -> {out / 'kfold.json'}")
     return 0

@@ -29,7 +29,7 @@ import yaml
 from spayolo.apps.args import add_checkpoint_args
 from spayolo.paths import SWEEPS_DIR
 
-__all__ = ("load_sweep", "main", "markdown", "run_state")
+__all__ = ("load_sweep", "main", "markdown")
 
 RUN_KEYS = ("group", "note")  # a run's keys that are not YOLO.train arguments
 
@@ -63,17 +63,6 @@ def load_sweep(source: str | Path) -> tuple[Path, dict, dict[str, dict]]:
         if any(fixed in args for args in (train, *runs.values())):
             raise ValueError(f"{path}: '{fixed}' is set by spayolo sweep (--project and the run names), not the file")
     return path, train, runs
-
-
-def run_state(folder: Path) -> str:
-    """'new', 'interrupted' (resume it) or 'finished' (Ultralytics marks a final checkpoint with epoch -1)."""
-    from spayolo.checkpoints import load_checkpoint
-
-    last = folder / "weights" / "last.pt"
-    if not last.is_file():
-        return "new"
-    _, ckpt = load_checkpoint(last)
-    return "finished" if ckpt.get("epoch", -1) == -1 else "interrupted"
 
 
 def _epoch_seconds(results: Path) -> tuple[int, float]:
@@ -160,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             print(command_line(project, name, {**train, **{k: v for k, v in run.items() if k not in RUN_KEYS}}))
         return 0
 
-    from spayolo.checkpoints import load_yolo
+    from spayolo.checkpoints import load_yolo, training_state
 
     report = project / "sweep.json"
     rows = json.loads(report.read_text()) if report.is_file() else {}
     for name, run in runs.items():
         folder = project / name
         train_args = {**train, **{k: v for k, v in run.items() if k not in RUN_KEYS}}
-        state = run_state(folder)
+        state = training_state(folder)
         print(f"spayolo sweep: {name}: {state}")
         if state == "interrupted":
             load_yolo(folder / "weights" / "last.pt", args.trust_checkpoint).train(resume=True)
