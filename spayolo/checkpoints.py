@@ -121,13 +121,21 @@ def load_yolo(model: str | Path, trusted: bool = False, task: str | None = None)
         raise _refusal(Path(model), error) from error
 
 
-def training_state(run: str | Path) -> str:
+def training_state(run: str | Path, args: dict | None = None) -> str:
     """A training run folder's state: 'new', 'interrupted' (resume it) or 'finished'.
 
-    Ultralytics marks the final checkpoint of a completed run with epoch -1.
+    Ultralytics marks the final checkpoint of a completed run with epoch -1. A run whose args.yaml differs from `args`
+    in any of its keys is 'new': it was trained for something else, and reusing it would report the wrong run.
     """
-    last = Path(run) / "weights" / "last.pt"
+    run = Path(run)
+    last = run / "weights" / "last.pt"
     if not last.is_file():
         return "new"
+    if args:
+        import yaml
+
+        trained = yaml.safe_load((run / "args.yaml").read_text())
+        if any(trained.get(key) != value for key, value in args.items()):
+            return "new"
     _, ckpt = load_checkpoint(last)
     return "finished" if ckpt.get("epoch", -1) == -1 else "interrupted"

@@ -67,6 +67,19 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(finished_sweep, 
     assert calls == [{"resume": True}]
 
 
+def test_sweep_retrains_a_run_whose_arguments_changed(finished_sweep, tiny_dataset, monkeypatch):
+    from ultralytics import YOLO
+
+    file, root = finished_sweep
+    changed = write_sweep(root / "changed.yaml", {"model": "yolov8n-cls.yaml", "data": str(tiny_dataset), **RECIPE},
+                          {"a": {"lr0": 5e-4}})
+    calls = []
+    monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(sweep, "score", lambda *args: pytest.fail("scored a run whose best.pt did not change"))
+    assert cli.main(["sweep", str(changed), "--project", str(root / "runs")]) == 0
+    assert len(calls) == 1 and calls[0]["lr0"] == 5e-4 and calls[0]["name"] == "a" and "resume" not in calls[0]
+
+
 @pytest.mark.parametrize("cfg, message", [
     ({"train": {"model": "yolov8n-cls.yaml"}, "runs": {"a": {"lr": 1}}}, "runs.a: unknown argument(s) lr"),
     ({"train": {"data": "x"}, "runs": {"a": {}}}, "runs.a names no model"),

@@ -26,8 +26,9 @@ from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hop
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
-from spayolo.apps.kfold import fold_state, fold_roots, parse_overrides
+from spayolo.apps.kfold import fold_roots, parse_overrides
 from spayolo.apps.overlay import COLOURS, draw
+from spayolo.checkpoints import training_state
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
 from spayolo.pipeline import FERPipeline, Face
 
@@ -647,10 +648,9 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
         assert set(report[f"{key}_per_fold"]) == {"0", "1"} and 0 <= report[f"{key}_mean"] <= 1
     # a finished fold is skipped when run again with the same arguments, retrained when they differ
     fold1 = tmp_path / "runs" / "tiny-spayolo-n" / "fold1"
-    overrides = parse_overrides(args[args.index("imgsz=32"):])
-    assert fold_state(fold1, "spayolo-n.yaml", 1, overrides) == "finished"
-    assert fold_state(fold1, "spayolo-n.yaml", 2, overrides) == "new"
-    assert fold_state(fold1, "spayolo-n.yaml", 1, {**overrides, "lr0": 1e-3}) == "new"
+    wanted = {"model": "spayolo-n.yaml", "epochs": 1, **parse_overrides(args[args.index("imgsz=32"):])}
+    assert training_state(fold1, wanted) == "finished"
+    assert training_state(fold1, {**wanted, "epochs": 2}) == training_state(fold1, {**wanted, "lr0": 1e-3}) == "new"
     trained = (fold1 / "weights" / "last.pt").stat().st_mtime
     # fold 2 cannot train (its train/ holds no images): fold 1 stays on record
     for image in (tmp_path / "tiny" / "fold2" / "train").rglob("*.jpg"):

@@ -24,7 +24,7 @@ from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.apps.evaluate import evaluate
 from spayolo.checkpoints import load_yolo, training_state
 
-__all__ = ("fold_roots", "fold_state", "main", "parse_folds", "parse_overrides")
+__all__ = ("fold_roots", "main", "parse_folds", "parse_overrides")
 
 
 def fold_roots(dataset: str) -> list[Path]:
@@ -82,19 +82,6 @@ def _write(out: Path, report: dict) -> None:
     (out / "kfold.json").write_text(json.dumps(report, indent=2))
 
 
-def fold_state(run: Path, model: str, epochs: int, overrides: dict) -> str:
-    """training_state() of a fold's folder, but 'new' when it was trained with other arguments than these."""
-    state = training_state(run)
-    if state != "new":
-        import yaml
-
-        trained = yaml.safe_load((run / "args.yaml").read_text())
-        wanted = {"model": model, "epochs": epochs, **overrides}
-        if any(trained.get(key) != value for key, value in wanted.items()):
-            return "new"
-    return state
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spayolo kfold", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in folds:
         root, run = roots[k], out / f"fold{k}"
         try:
-            state = fold_state(run, args.model, args.epochs, overrides)
+            state = training_state(run, {"model": args.model, "epochs": args.epochs, **overrides})
             if state == "interrupted":
                 load_yolo(run / "weights" / "last.pt").train(resume=True)
             elif state == "new":

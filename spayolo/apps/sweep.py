@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in runs.items():
         folder = project / name
         train_args = {**train, **{k: v for k, v in run.items() if k not in RUN_KEYS}}
-        state = training_state(folder)
+        state = training_state(folder, train_args)
         print(f"spayolo sweep: {name}: {state}")
         if state == "interrupted":
             load_yolo(folder / "weights" / "last.pt", args.trust_checkpoint).train(resume=True)
