@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import yaml
 from torch import nn
 
 __all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loading", "training_state")
@@ -132,8 +133,6 @@ def training_state(run: str | Path, args: dict | None = None) -> str:
     if not last.is_file():
         return "new"
     if args:
-        import yaml
-
         trained = yaml.safe_load((run / "args.yaml").read_text())
         if any(trained.get(key) != value for key, value in args.items()):
             return "new"
