@@ -24,6 +24,10 @@ Ultralytics has no plugin hook for layers, model names or datasets, so spayolo r
   :class:`spayolo.engine.trainer.FERTrainer`, a ``ClassificationTrainer`` subclass that overrides ``get_dataloader``,
   ``preprocess_batch``, ``set_model_attributes``, ``_setup_train``, ``save_model``, ``resume_training`` and
   ``final_eval`` and relies on ``BaseTrainer`` fields (``args``, ``amp``, ``model``, ``ema``, ``optimizer``, ``wdir``, ``epoch``, ``train_loader``).
+  Its validator and predictor become :class:`spayolo.engine.classify.FERValidator` and ``FERPredictor``.
+- ``check_imgsz`` as ``ultralytics.engine.trainer``, ``.validator`` and ``.predictor`` import it by name: replaced
+  only while FERTrainer sets up, FERValidator runs and FERPredictor sets up its source
+  (:func:`spayolo.engine.classify.classifier_imgsz_rule`), so that a classifier's ``imgsz=48`` is not made 64.
 - ``ultralytics.utils.ops.make_divisible``: the width rule of :func:`spayolo.registry.scale_width`.
 
 Ultralytics is imported inside the functions: importing it runs the hook in :mod:`spayolo._autoload`, which calls
@@ -139,16 +143,18 @@ def add_train_args(cfg) -> None:
 
 
 def use_fer_trainer(yolo) -> None:
-    """Make spayolo's trainer (fast CPU path, exact resume) the one ``YOLO.task_map`` gives every classify model."""
+    """Make spayolo's trainer (fast CPU path, exact resume), validator and predictor (a classifier's imgsz rule) the
+    ones ``YOLO.task_map`` gives every classify model."""
     stock = yolo.task_map
     if hasattr(stock.fget, "stock"):
         return
 
     def task_map(self):
-        from spayolo.engine.trainer import FERTrainer  # at call time: it subclasses a class Ultralytics is importing
+        from spayolo.engine.classify import FERPredictor, FERValidator  # at call time: they subclass classes
+        from spayolo.engine.trainer import FERTrainer  # that Ultralytics may still be importing
 
         tasks = stock.fget(self)
-        tasks["classify"]["trainer"] = FERTrainer
+        tasks["classify"].update(trainer=FERTrainer, validator=FERValidator, predictor=FERPredictor)
         return tasks
 
     task_map.stock = stock

@@ -313,6 +313,19 @@ def test_trainer_and_safe_load_hooks_exist():
     assert callable(_SafeLoad.activation) and hasattr(_SafeLoad, "loading")
 
 
+def test_imgsz_checks_are_looked_up_by_name_where_spayolo_swaps_them():
+    import ultralytics.engine.predictor as predictor
+    import ultralytics.engine.trainer as trainer
+    import ultralytics.engine.validator as validator
+
+    for module, functions in ((trainer, [trainer.BaseTrainer._setup_train]),
+                              (validator, [validator.BaseValidator.__init__, validator.BaseValidator.__call__]),
+                              (predictor, [predictor.BasePredictor.setup_source])):
+        assert "check_imgsz" in vars(module), module.__name__
+        for function in functions:
+            assert "check_imgsz(" in inspect.getsource(function) and inspect.unwrap(function).__globals__ is vars(module)
+
+
 def test_every_patch_is_in_place():
     import ultralytics.data.utils
     import ultralytics.engine.exporter
@@ -324,6 +337,10 @@ def test_every_patch_is_in_place():
     for name in ("parse_model", "check_yaml", "guess_model_scale", "guess_model_task"):
         assert getattr(tasks, name).__module__.startswith("spayolo."), name
     assert engine_model.guess_model_task is tasks.guess_model_task
+    from ultralytics import YOLO
+
+    assert {role: cls.__name__ for role, cls in YOLO("yolov8n-cls.yaml").task_map["classify"].items()
+            if role != "model"} == {"trainer": "FERTrainer", "validator": "FERValidator", "predictor": "FERPredictor"}
     assert ultralytics.engine.trainer.BaseTrainer.build_optimizer.spayolo
     for name in ("ultralytics.data.utils", "ultralytics.engine.trainer", "ultralytics.engine.validator",
                  "ultralytics.engine.exporter"):

@@ -181,3 +181,51 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
     assert not (last.parent / fer_trainer.STATE_FILE).exists()  # a finished run keeps no resume state
+
+
+@pytest.mark.parametrize("cache", ["ram", False])
+def test_imgsz_48_trains_and_scores_at_fer2013s_native_size(tiny_dataset, tmp_path, monkeypatch, cache):
+    """Stock Ultralytics rounds a classifier's imgsz up to a multiple of 32: 48 would train and validate at 64."""
+    from ultralytics import YOLO
+
+    from spayolo.apps.evaluate import evaluate
+    from spayolo.engine.classify import FERValidator
+
+    sizes = {"train": set(), "val": set()}
+
+    def recording(stage: str, stock):
+        def preprocess(self, batch):
+            batch = stock(self, batch)
+            sizes[stage].add(tuple(batch["img"].shape[2:]))
+            return batch
+
+        return preprocess
+
+    monkeypatch.setattr(fer_trainer.FERTrainer, "preprocess_batch",
+                        recording("train", fer_trainer.FERTrainer.preprocess_batch))
+    monkeypatch.setattr(FERValidator, "preprocess", recording("val", FERValidator.preprocess))
+    yolo = YOLO("yolov8n-cls.yaml")
+    yolo.train(data=str(tiny_dataset), epochs=1, cache=cache, project=str(tmp_path), name="r", **{**TINY, "imgsz": 48})
+    assert yolo.trainer.args.imgsz == 48
+    assert sizes == {"train": {(48, 48)}, "val": {(48, 48)}}
+
+    sizes["val"].clear()
+    report = evaluate(str(tmp_path / "r" / "weights" / "best.pt"), str(tiny_dataset), 48)
+    assert report["images"] > 0 and sizes["val"] == {(48, 48)}
+
+
+def test_validator_rounds_imgsz_for_a_classifier_not_a_detection_grid():
+    from ultralytics.models.yolo.classify import ClassificationValidator
+
+    from spayolo.engine.classify import FERValidator
+
+    assert ClassificationValidator(args={"imgsz": 48}).args.imgsz == 64
+    assert [FERValidator(args={"imgsz": size}).args.imgsz for size in (48, 50, 8, "96")] == [48, 64, 32, 96]
+
+
+def test_predictor_keeps_a_classifiers_imgsz(tmp_path):
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolov8n-cls.yaml")
+    yolo.predict(np.zeros((60, 60, 3), np.uint8), imgsz=48, verbose=False)
+    assert yolo.predictor.imgsz == [48, 48]

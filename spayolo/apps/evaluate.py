@@ -3,7 +3,8 @@
     spayolo evaluate --model weights/spayolo-n-fer2013.pt --data fer2013.yaml --imgsz 64
     spayolo evaluate --model weights/spayolo-n-fer2013.onnx --data path/to/folder --json report.json --tta
 
-The numbers are those `yolo classify val` prints (same transforms, same confusion matrix); this adds the per-class
+The numbers are those `yolo classify val` prints (same transforms, same confusion matrix; only imgsz is rounded to a
+multiple of 16 as in training, so that 48 stays 48 where the stock validator makes it 64); this adds the per-class
 view that FER needs, where classes are badly unbalanced (FER2013 PublicTest: 56 disgust vs 895 happy). With --tta
 each image's class probabilities are averaged with those of its mirror image (a dynamic-batch .onnx works too).
 """
@@ -15,16 +16,16 @@ import json
 from pathlib import Path
 
 import torch
-from ultralytics.models.yolo.classify import ClassificationValidator
 
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.checkpoints import load_yolo
+from spayolo.engine.classify import FERValidator
 
 __all__ = ("FlipTTAValidator", "evaluate", "main", "split_folder", "table")
 
 
-class FlipTTAValidator(ClassificationValidator):
-    """The stock classification validator, scoring the mean probabilities of each image and its horizontal mirror.
+class FlipTTAValidator(FERValidator):
+    """The classification validator, scoring the mean probabilities of each image and its horizontal mirror.
 
     The mirrored copies ride in the same batch, so the model (PyTorch or ONNX Runtime) runs once per batch.
     """
@@ -59,7 +60,7 @@ def evaluate(model: str, data: str, imgsz: int, split: str = "val", batch: int =
              tta: bool = False, trusted: bool = False) -> dict:
     """Validate `model` on `data` and return the accuracies, the confusion matrix (rows true) and the class names."""
     split_folder(data, split)
-    validator = FlipTTAValidator if tta else None
+    validator = FlipTTAValidator if tta else FERValidator
     metrics = load_yolo(model, trusted, task="classify").val(
         validator=validator, data=data, split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
         verbose=False)
