@@ -80,6 +80,20 @@ def test_sweep_retrains_a_run_whose_arguments_changed(finished_sweep, tiny_datas
     assert len(calls) == 1 and calls[0]["lr0"] == 5e-4 and calls[0]["name"] == "a" and "resume" not in calls[0]
 
 
+def test_sweep_takes_groups_and_notes_from_the_file_as_it_is_now(finished_sweep, tiny_dataset, monkeypatch):
+    from ultralytics import YOLO
+
+    _, root = finished_sweep
+    regrouped = write_sweep(root / "regrouped.yaml", {"model": "yolov8n-cls.yaml", "data": str(tiny_dataset), **RECIPE},
+                            {"a": {"note": "first seed"}, "b": {"seed": 1, "group": "h"}})
+    monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: None)  # an earlier test may have left b interrupted
+    monkeypatch.setattr(sweep, "score", lambda *args: pytest.fail("scored a run whose best.pt did not change"))
+    assert cli.main(["sweep", str(regrouped), "--project", str(root / "runs")]) == 0
+    rows = json.loads((root / "runs" / "sweep.json").read_text())
+    assert rows["a"]["note"] == "first seed" and "group" not in rows["a"]
+    assert rows["b"]["group"] == "h" and "note" not in rows["b"] and rows["b"]["top1"] >= 0
+
+
 @pytest.mark.parametrize("cfg, message", [
     ({"train": {"model": "yolov8n-cls.yaml"}, "runs": {"a": {"lr": 1}}}, "runs.a: unknown argument(s) lr"),
     ({"train": {"data": "x"}, "runs": {"a": {}}}, "runs.a names no model"),

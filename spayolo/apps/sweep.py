@@ -165,10 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                 **{k: v for k, v in train_args.items() if k != "model"}, project=str(project), name=name,
                 exist_ok=True)
         best = folder / "weights" / "best.pt"
-        if rows.get(name, {}).get("best_mtime") != best.stat().st_mtime:
-            rows[name] = {"model": train_args["model"], **{k: run[k] for k in RUN_KEYS if k in run},
-                          **score(folder, args.trust_checkpoint)}
-            report.write_text(json.dumps(rows, indent=2))
+        scores = rows.get(name, {})
+        if scores.get("best_mtime") != best.stat().st_mtime:
+            scores = score(folder, args.trust_checkpoint)
+        # group and note come from the sweep file as it is now: editing them needs no new scoring
+        scores = {k: v for k, v in scores.items() if k not in ("model", *RUN_KEYS)}
+        rows[name] = {"model": train_args["model"], **{k: run[k] for k in RUN_KEYS if k in run}, **scores}
+        report.write_text(json.dumps(rows, indent=2))
         if args.export:
             from ultralytics.utils.torch_utils import strip_optimizer
 
