@@ -35,9 +35,9 @@ from ultralytics.utils.patches import override_configs
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .augment import BatchAugment, mix_batch
+from .classify import FERValidator, classifier_imgsz_rule
 from .loss import SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
-from .classify import FERValidator, classifier_imgsz_rule
 
 __all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "usable_cores")
 
