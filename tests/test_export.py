@@ -102,10 +102,10 @@ def test_fp16_export_of_shipped_weights(tmp_path):
 
     ckpt = tmp_path / "fp16.pt"
     ckpt.write_bytes(SHIPPED.with_suffix(".pt").read_bytes())
-    path = YOLO(str(ckpt)).export(format="onnx", imgsz=64, half=True, device="cpu")
+    x = face_crops()  # at the size the shipped model trained at, as the pipeline crops them
+    path = YOLO(str(ckpt)).export(format="onnx", imgsz=x.shape[-1], half=True, device="cpu")
     weights = onnx.load(path).graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2  # weights stored in FP16
-    x = face_crops()
     fp16 = np.concatenate([onnx_probs(path, x[i : i + 1]) for i in range(len(x))])  # exported with batch 1
     fp32 = onnx_probs(SHIPPED.with_suffix(".onnx"), x)
     assert np.abs(fp16 - fp32).max() < 2e-3 and (fp16.argmax(1) == fp32.argmax(1)).all()

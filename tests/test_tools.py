@@ -607,15 +607,25 @@ def test_flip_tta_validator_averages_image_and_mirror():
     assert torch.allclose(probs, (net(x) + net(x.flip(-1))) / 2)
 
 
-def test_evaluate_tta_on_pytorch_and_onnx(two_class, tmp_path, monkeypatch):
+def test_evaluate_tta_on_pytorch_and_onnx_at_the_models_own_size(two_class, tmp_path, monkeypatch):
     from ultralytics import YOLO
 
     data, ckpt = two_class
     monkeypatch.chdir(tmp_path)
     exported = YOLO(str(ckpt)).export(format="onnx", imgsz=32, dynamic=True, opset=17)
-    pt = evaluate(str(ckpt), str(data), imgsz=32, batch=2, device="cpu", tta=True)
-    onnx = evaluate(exported, str(data), imgsz=32, batch=2, device="cpu", tta=True)
+    pt = evaluate(str(ckpt), str(data), batch=2, device="cpu", tta=True)  # train_args say 32
+    onnx = evaluate(exported, str(data), batch=2, device="cpu", tta=True)  # the export metadata say 32
+    assert pt["imgsz"] == onnx["imgsz"] == 32
     assert pt["tta"] and pt["images"] == onnx["images"] == 6 and pt["confusion"] == onnx["confusion"]
+
+
+def test_evaluate_scores_a_checkpoint_without_train_args_at_64(two_class, tmp_path):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    data, ckpt = two_class
+    bare = tmp_path / "bare.pt"
+    torch.save({"model": load_checkpoint(ckpt)[0]}, bare)
+    assert evaluate(str(bare), str(data), batch=2, device="cpu")["imgsz"] == 64  # not Ultralytics' 640 default
 
 
 # --- kfold ------------------------------------------------------------------------------------------------------------

@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                    project=str(out), name=run.name, exist_ok=True,
                                                                    **overrides)
             last = run / "weights" / "last.pt"
-            imgsz = load_yolo(last).ckpt["train_args"]["imgsz"]  # the size this fold trained at
             scoring = dict(batch=overrides.get("batch", 32), device=overrides.get("device"))
-            plain = evaluate(str(last), str(root), imgsz, **scoring)
-            flipped = evaluate(str(last), str(root), imgsz, tta=True, **scoring)
+            plain = evaluate(str(last), str(root), **scoring)  # at the size this fold trained at
+            flipped = evaluate(str(last), str(root), tta=True, **scoring)
+            imgsz = plain["imgsz"]
         except Exception as error:  # keep the finished folds on record whatever stopped this one
             report["failed"] = {k: f"{type(error).__name__}: {error}"}
             _write(out, report)
