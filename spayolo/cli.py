@@ -3,7 +3,7 @@
     spayolo live --source clip.mp4 --no-show
     spayolo prepare fer2013 --csv fer2013.csv
     spayolo evaluate --model weights/spayolo-n-fer2013.pt --data fer2013.yaml
-    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10 imgsz=64
+    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10
     spayolo cam --model best.pt --source faces/
     spayolo sweep zoo-fer2013 --project ~/runs/zoo --export weights/zoo
     spayolo benchmark --pipeline

@@ -671,3 +671,18 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
     report = json.loads((tmp_path / "runs" / "tiny-spayolo-n" / "kfold.json").read_text())
     assert set(report["top1_per_fold"]) == {"1"} and not report["complete"] and "2" in report["failed"]
     assert (fold1 / "weights" / "last.pt").stat().st_mtime == trained  # scored again, not retrained
+
+
+@pytest.mark.slow
+def test_kfold_fine_tunes_a_checkpoint_at_its_own_size(tmp_path):
+    from ultralytics.nn.tasks import ClassificationModel
+
+    write_image_folder(tmp_path / "tiny" / "fold0", per_class=1, size=32)
+    ckpt = tmp_path / "small.pt"
+    model = ClassificationModel("spayolo-n.yaml", nc=7, verbose=False)
+    torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, ckpt)
+    args = [str(tmp_path / "tiny"), "--model", str(ckpt), "--epochs", "1", "--project", str(tmp_path / "runs"),
+            "batch=4", "workers=0", "device=cpu", "plots=False", "amp=False"]  # no imgsz=
+    assert cli.main(["kfold", *args]) == 0
+    (report,) = (tmp_path / "runs").glob("*/kfold.json")
+    assert json.loads(report.read_text())["imgsz_per_fold"] == {"0": 32}

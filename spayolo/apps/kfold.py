@@ -1,6 +1,6 @@
 """Subject-independent k-fold cross-validation with the stock Ultralytics trainer (CK+, JAFFE, KDEF protocols).
 
-    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10 imgsz=64 batch=32 lr0=5e-4
+    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10 batch=32 lr0=5e-4
     spayolo kfold ckplus --folds 0,3 --epochs 10 imgsz=64
 
 Each fold trains on <root>/fold<k>/train and is scored on <root>/fold<k>/val with its *last* epoch's weights, at
@@ -9,7 +9,8 @@ the test data of the protocol, so picking the best epoch on them (Ultralytics' b
 Prints per-fold top-1 and the mean +- standard deviation, and writes them with each fold's mean per-class accuracy
 to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Run again, the same
 command skips the folds that finished with the same arguments and resumes an interrupted one. Extra key=value
-arguments go to `YOLO.train` unchanged.
+arguments go to `YOLO.train` unchanged; without `imgsz=` a checkpoint is fine-tuned at the size it was trained at
+(Ultralytics keeps a checkpoint's imgsz).
 """
 
 from __future__ import annotations
