@@ -27,7 +27,7 @@ from spayolo.paths import packaged
 from spayolo.runtime import OnnxModule, export_onnx_bytes
 from spayolo.sources import FrameSource, open_source, read_image
 
-__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker", "box_iou")
+__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker", "box_iou", "classifier_imgsz")
 
 DEFAULT_MODEL = packaged("weights", "spayolo-n-fer2013.pt")
 
@@ -223,6 +223,14 @@ class _Classifier:
         if (y < 0).any() or not torch.allclose(y.sum(1), torch.ones(len(y), device=y.device), atol=1e-3):
             y = y.softmax(1)  # a bare module returning logits
         return y
+
+
+def classifier_imgsz(model: str | Path, trusted: bool = False) -> int | None:
+    """The input size a classifier .pt was trained at or an .onnx exported for, as FERPipeline reads it; None if unsaid.
+
+    Raises FileNotFoundError or CheckpointError (naming the file) for a model that cannot be loaded.
+    """
+    return _Classifier(model, torch.device("cpu"), half=False, trusted=trusted).imgsz
 
 
 def _require_above(name: str, value: float | None, low: float, strict: bool = True) -> None:

@@ -628,6 +628,14 @@ def test_evaluate_scores_a_checkpoint_without_train_args_at_64(two_class, tmp_pa
     assert evaluate(str(bare), str(data), batch=2, device="cpu")["imgsz"] == 64  # not Ultralytics' 640 default
 
 
+def test_evaluate_names_a_damaged_onnx(two_class, tmp_path, capsys):
+    data, _ = two_class
+    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf")
+    assert cli.main(["evaluate", "--model", str(tmp_path / "broken.onnx"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.onnx is not a valid ONNX model" in err and "Traceback" not in err
+
+
 # --- kfold ------------------------------------------------------------------------------------------------------------
 
 

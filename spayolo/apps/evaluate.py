@@ -14,7 +14,6 @@ scored at another size loses tens of points.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import torch
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.checkpoints import load_yolo
 from spayolo.engine.classify import FERValidator
+from spayolo.pipeline import classifier_imgsz
 
-__all__ = ("FlipTTAValidator", "evaluate", "main", "model_imgsz", "split_folder", "table")
+__all__ = ("FlipTTAValidator", "evaluate", "main", "split_folder", "table")
 
 
 class FlipTTAValidator(FERValidator):
@@ -59,28 +59,16 @@ def split_folder(data: str | Path, split: str) -> Path | None:
     return root / split
 
 
-def model_imgsz(yolo, model: str | Path) -> int | None:
-    """The input size ``model`` was trained at (a .pt's train args) or exported for (an .onnx's metadata), or None."""
-    imgsz = ((yolo.ckpt or {}).get("train_args") or {}).get("imgsz")  # not overrides: they fill in 640 if absent
-    if imgsz is None and Path(model).suffix.lower() == ".onnx":
-        import onnx
-
-        meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
-        imgsz = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else None
-    return int(imgsz[0] if isinstance(imgsz, (list, tuple)) else imgsz) if imgsz else None
-
-
 def evaluate(model: str, data: str, imgsz: int | None = None, split: str = "val", batch: int = 64,
              device: str | None = None, tta: bool = False, trusted: bool = False) -> dict:
     """Validate `model` on `data` and return the accuracies, the confusion matrix (rows true) and the class names.
 
-    ``imgsz`` None: the model's own size (``model_imgsz``), else 64.
+    ``imgsz`` None: the size the model was trained or exported at (``classifier_imgsz``), else 64.
     """
     split_folder(data, split)
     validator = FlipTTAValidator if tta else FERValidator
-    yolo = load_yolo(model, trusted, task="classify")
-    imgsz = imgsz or model_imgsz(yolo, model) or 64
-    metrics = yolo.val(
+    imgsz = imgsz or classifier_imgsz(model, trusted) or 64
+    metrics = load_yolo(model, trusted, task="classify").val(
         validator=validator, data=data, split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
         verbose=False)
     matrix = metrics.confusion_matrix.matrix.T.astype(int)  # Ultralytics stores [predicted, true]
