@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             last = run / "weights" / "last.pt"
             scoring = dict(batch=overrides.get("batch", 32), device=overrides.get("device"))
             plain = evaluate(str(last), str(root), **scoring)  # at the size this fold trained at
-            flipped = evaluate(str(last), str(root), tta=True, **scoring)
             imgsz = plain["imgsz"]
+            flipped = evaluate(str(last), str(root), imgsz, tta=True, **scoring)
         except Exception as error:  # keep the finished folds on record whatever stopped this one
             report["failed"] = {k: f"{type(error).__name__}: {error}"}
             _write(out, report)
