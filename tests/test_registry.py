@@ -20,9 +20,10 @@ import yaml
 from conftest import REPO, build_model, run_cli
 from spayolo import registry
 from spayolo.parser import ModelConfigError
+from spayolo.pipeline import DEFAULT_MODEL
 
 PACKAGE = REPO / "spayolo"
-WEIGHTS = REPO / "weights" / "spayolo-n-fer2013.pt"
+WEIGHTS = REPO / "weights" / DEFAULT_MODEL.name
 
 
 def module_name(path: Path) -> str:
