@@ -43,7 +43,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     """The FERPipeline arguments, each defaulting to the value FERPipeline itself uses."""
     d = _defaults()
-    parser.add_argument("--model", default=d["model"], help="classifier .pt/.onnx (default: the shipped FER2013 weights)")
+    parser.add_argument("--model", default=d["model"], help="classifier .pt/.onnx (default: the shipped weights)")
     parser.add_argument("--detector", default=d["detector"], help="mtcnn, a YOLO face .pt/.onnx or a *yunet*.onnx")
     parser.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N")
     parser.add_argument("--backend", choices=("torch", "onnx"), default=d["backend"],
