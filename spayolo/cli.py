@@ -1,4 +1,4 @@
-"""The ``spayolo`` command: ``spayolo live|prepare|evaluate|kfold|cam|sweep|benchmark [arguments]``.
+"""The ``spayolo`` command: ``spayolo live|prepare|evaluate|kfold|cam|sweep|teach|benchmark [arguments]``.
 
     spayolo live --source clip.mp4 --no-show
     spayolo prepare fer2013 --csv fer2013.csv
@@ -6,6 +6,7 @@
     spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10
     spayolo cam --model best.pt --source faces/
     spayolo sweep zoo-fer2013 --project ~/runs/zoo --export weights/zoo
+    spayolo teach --models weights/spayolo-n-fer2013.pt --data fer2013.yaml --out teacher.pt
     spayolo benchmark --pipeline
 
 ``spayolo <command> --help`` lists a command's arguments. A bad source, model, output or flag stops the command with
@@ -29,6 +30,7 @@ COMMANDS = {
     "kfold": "spayolo.apps.kfold",
     "cam": "spayolo.apps.cam",
     "sweep": "spayolo.apps.sweep",
+    "teach": "spayolo.apps.teach",
     "benchmark": "spayolo.benchmark",
 }
 # what a user's input can raise: a missing file, a value spayolo refuses (SourceError, CheckpointError, ...), an

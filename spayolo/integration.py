@@ -15,15 +15,16 @@ Ultralytics has no plugin hook for layers, model names or datasets, so spayolo r
   :mod:`spayolo.registry` adds as each class registers.
 - ``check_cls_dataset`` in ``ultralytics.data.utils`` and in the trainer, validator and exporter modules, which
   import it by name (:data:`spayolo._autoload.WATCHED`): wrapped so that ``data=fer2013.yaml`` resolves to the
-  prepared folder.
+  prepared folder, and so that scoring a folder without ``train/`` scores its val/test split instead of splitting it.
 - ``BaseTrainer.build_optimizer(self, model, name, lr, momentum, decay, iterations)``: extended with ``optimizer=Adan``
   by :func:`spayolo.engine.optimizers.install_optimizers` once ``ultralytics.engine.trainer`` has executed.
-- ``ultralytics.cfg``: ``DEFAULT_CFG_DICT``/``DEFAULT_CFG`` (the argument defaults), ``CFG_FRACTION_KEYS`` and
+- ``ultralytics.cfg``: ``DEFAULT_CFG_DICT``/``DEFAULT_CFG`` (the argument defaults), the ``CFG_*_KEYS`` type sets and
   ``_handle_deprecation`` (looked up per call; it deletes ``label_smoothing``): :func:`add_train_args`.
 - ``ultralytics.models.yolo.model.YOLO.task_map`` (a property, read at each train call): its classify trainer becomes
-  :class:`spayolo.engine.trainer.FERTrainer`, a ``ClassificationTrainer`` subclass that overrides ``get_dataloader``,
-  ``preprocess_batch``, ``set_model_attributes``, ``_setup_train``, ``save_model``, ``resume_training`` and
-  ``final_eval`` and relies on ``BaseTrainer`` fields (``args``, ``amp``, ``model``, ``ema``, ``optimizer``, ``wdir``, ``epoch``, ``train_loader``).
+  :class:`spayolo.engine.trainer.FERTrainer`, a ``ClassificationTrainer`` subclass that overrides ``__init__`` (it
+  refuses ``distill_model``, which distils Detect-head features), ``get_dataloader``, ``preprocess_batch``,
+  ``set_model_attributes``, ``_setup_train``, ``save_model``, ``resume_training`` and ``final_eval`` and relies on
+  ``BaseTrainer`` fields (``args``, ``amp``, ``model``, ``ema``, ``optimizer``, ``wdir``, ``epoch``, ``train_loader``).
   Its validator and predictor become :class:`spayolo.engine.classify.FERValidator` and ``FERPredictor``.
 - ``check_imgsz`` as ``ultralytics.engine.trainer``, ``.validator`` and ``.predictor`` import it by name: replaced
   only while FERTrainer sets up, FERValidator runs and FERPredictor sets up its source
@@ -103,9 +104,23 @@ def _guess_model_task(stock):
 
 def _check_cls_dataset(stock):
     def check_cls_dataset(dataset, split=""):
-        return stock(resolve_dataset(dataset) or dataset, split=split)  # fer2013.yaml -> its prepared folder
+        dataset = resolve_dataset(dataset) or dataset  # fer2013.yaml -> its prepared folder
+        folder = Path(dataset)
+        if split in ("val", "test") and (folder / split).is_dir() and not (folder / "train").is_dir():
+            return _scoring_only(folder, split)
+        return stock(dataset, split=split)
 
     return check_cls_dataset
+
+
+def _scoring_only(folder: Path, split: str) -> dict:
+    """The dataset dict of a folder that holds only the split being scored. Stock Ultralytics would split such a
+    folder 80/20 into a new ``<folder>_split`` on disk and score a fifth of it, mixed across its splits."""
+    names = dict(enumerate(sorted(p.name for p in (folder / split).iterdir() if p.is_dir())))
+    if not names:
+        raise FileNotFoundError(f"{folder / split}: no class folders (expected one sub-folder of images per class)")
+    splits = {s: folder / s if (folder / s).is_dir() else None for s in ("val", "test")}
+    return {"train": None, **splits, "nc": len(names), "names": names, "channels": 3}
 
 
 def use_dataset_names(module) -> None:
@@ -115,8 +130,13 @@ def use_dataset_names(module) -> None:
 
 
 # Trainer arguments spayolo adds; Ultralytics dropped label_smoothing in 8.1 and now deletes it with a warning, and
-# always keeps an EMA of the weights (``ema=False`` lets a run measure what that EMA buys).
-EXTRA_TRAIN_ARGS = {"label_smoothing": 0.0, "ema": True}
+# always keeps an EMA of the weights (``ema=False`` lets a run measure what that EMA buys); distill* is knowledge
+# distillation (spayolo.engine.distill).
+EXTRA_TRAIN_ARGS = {"label_smoothing": 0.0, "ema": True, "distill": None, "distill_weight": 0.5,
+                    "distill_temp": 1.0}
+# the ultralytics.cfg key sets that type-check them (a fraction is a float in [0, 1]); distill is a free path
+EXTRA_ARG_CHECKS = {"CFG_FRACTION_KEYS": {"label_smoothing", "distill_weight"}, "CFG_FLOAT_KEYS": {"distill_temp"},
+                    "CFG_BOOL_KEYS": {"ema"}}
 
 
 def _handle_deprecation(stock):
@@ -137,8 +157,8 @@ def add_train_args(cfg) -> None:
         DEFAULT_CFG_DICT.setdefault(key, value)
         if not hasattr(DEFAULT_CFG, key):
             setattr(DEFAULT_CFG, key, value)
-    cfg.CFG_FRACTION_KEYS = cfg.CFG_FRACTION_KEYS | {k for k, v in EXTRA_TRAIN_ARGS.items() if type(v) is float}
-    cfg.CFG_BOOL_KEYS = cfg.CFG_BOOL_KEYS | {k for k, v in EXTRA_TRAIN_ARGS.items() if type(v) is bool}
+    for key_set, keys in EXTRA_ARG_CHECKS.items():
+        setattr(cfg, key_set, getattr(cfg, key_set) | keys)
     _wrap(cfg, "_handle_deprecation", _handle_deprecation)
 
 

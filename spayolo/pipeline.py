@@ -27,7 +27,8 @@ from spayolo.paths import packaged
 from spayolo.runtime import OnnxModule, export_onnx_bytes
 from spayolo.sources import FrameSource, open_source, read_image
 
-__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face", "IoUTracker", "box_iou", "classifier_imgsz")
+__all__ = ("DEFAULT_MODEL", "Classifier", "FERPipeline", "Face", "IoUTracker", "box_iou", "checked_device",
+           "classifier_imgsz")
 
 DEFAULT_MODEL = packaged("weights", "spayolo-n-fer2013.pt")
 
@@ -129,7 +130,7 @@ def _not_classifier(source, task: str) -> CheckpointError:
                            f"(.pt/.onnx) as the expression model, and a face detector with detector=/--detector")
 
 
-def _device(device: str | torch.device) -> torch.device:
+def checked_device(device: str | torch.device) -> torch.device:
     """A torch.device that exists on this machine; ValueError naming the device otherwise."""
     try:
         device = torch.device(device)
@@ -159,7 +160,7 @@ def _onnx_classifier(path: Path, device: torch.device) -> tuple[OnnxModule, dict
     return runner, meta
 
 
-class _Classifier:
+class Classifier:
     """A classification model (.pt, .onnx, ultralytics YOLO object or nn.Module) run in PyTorch or ONNX Runtime."""
 
     def __init__(self, model, device: torch.device, half: bool, trusted: bool = False):
@@ -230,7 +231,7 @@ def classifier_imgsz(model: str | Path, trusted: bool = False) -> int | None:
 
     Raises FileNotFoundError or CheckpointError (naming the file) for a model that cannot be loaded.
     """
-    return _Classifier(model, torch.device("cpu"), half=False, trusted=trusted).imgsz
+    return Classifier(model, torch.device("cpu"), half=False, trusted=trusted).imgsz
 
 
 def _require_above(name: str, value: float | None, low: float, strict: bool = True) -> None:
@@ -273,11 +274,12 @@ class FERPipeline:
         _require_above("min_face", min_face, 0)
         _require_above("imgsz", imgsz, 0)
         _require_above("margin", margin, 0, strict=False)
-        self.device = _device(device)
+        self.device = checked_device(device)
         if half and (backend != "torch" or self.device.type != "cuda"):
             raise ValueError(f"half=True (--half) runs the classifier in FP16 on CUDA with backend='torch'; got "
                              f"device '{self.device}', backend '{backend}'")
-        self.classifier = _Classifier(model, self.device, half, trusted)  # first: a bad model fails before MTCNN loads
+        # first: a bad model fails before MTCNN loads
+        self.classifier = Classifier(model, self.device, half, trusted)
         self.detector: FaceDetector = build_detector(detector, self.device, min_face, backend, trusted)
         self.detect_every = int(detect_every)
         self.imgsz = int(imgsz or self.classifier.imgsz or 64)

@@ -36,6 +36,22 @@ def write_image_folder(root: Path, classes=("happy", "sad"), per_class: int = 4,
     return root
 
 
+TINY = dict(imgsz=32, batch=4, nbs=4, device="cpu", plots=False, seed=0, workers=0, warmup_epochs=0, optimizer="AdamW",
+            lr0=1e-3, verbose=False, exist_ok=True)
+
+
+def identity_images(root, count: int = 12, size: int = 48):
+    """One grey image per sample whose every pixel is its own index: what comes out names where it came from."""
+    import cv2
+
+    samples = []
+    for i in range(count):
+        file = root / f"{i}.png"
+        cv2.imwrite(str(file), np.full((size, size), 10 * i, np.uint8))
+        samples.append((file, i % 3))
+    return samples
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("tiny") / "faces")

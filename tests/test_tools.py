@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.
 
 
 def test_command_dispatch_and_usage(capsys, monkeypatch):
-    assert cli.main([]) == 2 and "usage: spayolo {live,prepare,evaluate,kfold,cam,sweep,benchmark}" in capsys.readouterr().out
+    assert cli.main([]) == 2 and "usage: spayolo {live,prepare,evaluate,kfold,cam,sweep,teach,benchmark}" in capsys.readouterr().out
     assert cli.main(["--help"]) == 0 and "spayolo live --source clip.mp4" in capsys.readouterr().out
     assert cli.main(["train"]) == 2 and "unknown command 'train'" in capsys.readouterr().err
     calls = []
@@ -562,7 +563,7 @@ def test_cam_command_skips_unreadable_images(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def two_class(tmp_path_factory):
-    """A tiny two-class image folder with val/ only and an untrained classifier for it."""
+    """A tiny two-class image folder (train/, val/) and an untrained classifier for it."""
     from ultralytics.nn.tasks import ClassificationModel
 
     root = tmp_path_factory.mktemp("eval")
@@ -593,6 +594,16 @@ def test_evaluate_refuses_a_split_the_data_lacks(two_class, capsys):
     data, ckpt = two_class
     assert cli.main(["evaluate", "--model", str(ckpt), "--data", str(data), "--split", "test", "--imgsz", "32"]) == 2
     assert "no test/ split" in capsys.readouterr().err  # Ultralytics would quietly score val/ instead
+
+
+def test_evaluate_scores_a_folder_without_train_split_whole(two_class, tmp_path):
+    data, ckpt = two_class
+    only = tmp_path / "faces"
+    shutil.copytree(data / "val", only / "test")
+    report = evaluate(str(ckpt), str(only), split="test", batch=2, device="cpu")
+    assert report["images"] == 6 and report["support"] == {"happy": 3, "sad": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces"]  # Ultralytics would write faces_split/ and
+    # score the fifth of it that it drew as val
 
 
 def test_flip_tta_validator_averages_image_and_mirror():

@@ -5,26 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from conftest import TINY, identity_images
 from spayolo.engine import trainer as fer_trainer
 from spayolo.engine.augment import BatchAugment, mix_batch
 from spayolo.engine.loss import SmoothCrossEntropy
 from spayolo.engine.ramdata import RamImages, RamLoader
-
-TINY = dict(imgsz=32, batch=4, nbs=4, device="cpu", plots=False, seed=0, workers=0, warmup_epochs=0, optimizer="AdamW",
-            lr0=1e-3, verbose=False, exist_ok=True)
-
-
-def identity_images(root, count: int = 12, size: int = 48):
-    """One grey image per sample whose every pixel is its own index: what comes out names where it came from."""
-    import cv2
-
-    samples = []
-    for i in range(count):
-        file = root / f"{i}.png"
-        cv2.imwrite(str(file), np.full((size, size), 10 * i, np.uint8))
-        samples.append((file, i % 3))
-    return samples
 
 
 def test_ram_batches_keep_each_image_with_its_label(tmp_path):
@@ -81,7 +68,7 @@ def test_mixed_images_and_targets_agree():
     value = torch.tensor([0.1, 0.5, 0.9])
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     images = value[labels].view(-1, 1, 1, 1).expand(-1, 3, 16, 16).clone()
-    targets = mix_batch(images, labels, 3, mixup=0.5, cutmix=0.5, generator=torch.Generator().manual_seed(0))
+    targets = mix_batch(images, F.one_hot(labels, 3).float(), mixup=0.5, cutmix=0.5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(targets.sum(1), torch.ones(8))
     torch.testing.assert_close(images.mean((1, 2, 3)), targets @ value)  # lambda of the pixels = lambda of the labels
     assert (targets.max(1).values < 1).any()

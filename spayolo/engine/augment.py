@@ -128,14 +128,14 @@ class BatchAugment:
         return x.masked_fill(inside.unsqueeze(1).to(x.device), 0.0)
 
 
-def mix_batch(images: torch.Tensor, labels: torch.Tensor, nc: int, mixup: float, cutmix: float,
+def mix_batch(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float,
               generator: torch.Generator) -> torch.Tensor:
     """MixUp (Zhang et al., ICLR 2018) or CutMix (Yun et al., ICCV 2019) per image, with the image before it in the
-    (shuffled) batch; returns the soft targets and mixes ``images`` in place.
+    (shuffled) batch; returns the mixed ``targets`` (N, K) and mixes ``images`` in place.
 
     Each image is mixed up with probability ``mixup`` (lambda ~ Beta(0.8, 0.8), as timm) or else cut-mixed with
     probability ``cutmix`` (a box of 1 - lambda of the area, lambda ~ Beta(1, 1), lambda then set to the box's true
-    share); the targets mix the one-hot labels with the same lambda.
+    share); the targets (one-hot labels, teacher probabilities) mix with the same lambda.
     """
     b, _, h, w = images.shape
     draw = torch.rand(b, generator=generator)
@@ -155,6 +155,5 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, nc: int, mixup: float,
         images.copy_(torch.where(box.unsqueeze(1).to(images.device), partner, images))
     weight = torch.where(mixed_up, lam, torch.ones(b)).view(b, 1, 1, 1).to(images.device, images.dtype)
     images.mul_(weight).add_(partner * (1 - weight))
-    onehot = F.one_hot(labels, nc).float()
-    lam = lam.to(labels.device).view(b, 1)
-    return lam * onehot + (1 - lam) * onehot.roll(1, 0)
+    lam = lam.to(targets.device).view(b, 1)
+    return lam * targets + (1 - lam) * targets.roll(1, 0)

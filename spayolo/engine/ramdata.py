@@ -102,13 +102,20 @@ class RamLoader:
         data: The cached split.
         dataset: The ``ClassificationDataset`` it came from; the trainer reads its length and transforms.
         batch_size, shuffle, seed, raw: As above.
+        extras: Per-image tensors (first dimension N) served beside the images under their key, e.g. the teacher
+            probabilities of knowledge distillation.
     """
 
     num_workers = 0
     drop_last = False
 
-    def __init__(self, data: RamImages, dataset, batch_size: int, shuffle: bool, seed: int = 0, raw: bool = False):
+    def __init__(self, data: RamImages, dataset, batch_size: int, shuffle: bool, seed: int = 0, raw: bool = False,
+                 extras: dict[str, torch.Tensor] | None = None):
         self.data, self.dataset, self.batch_size = data, dataset, int(batch_size)
+        self.extras = extras or {}
+        for key, values in self.extras.items():
+            if len(values) != len(data):
+                raise ValueError(f"RamLoader extras['{key}'] has {len(values)} rows for {len(data)} images")
         self.shuffle, self.seed, self.raw = shuffle, int(seed), raw
         self.sampler = _Indices(len(data))
         self.epoch = 0
@@ -129,6 +136,7 @@ class RamLoader:
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
             batch = {"img": self.data.images[index], "cls": self.data.labels[index]}
+            batch.update({key: values[index] for key, values in self.extras.items()})
             if self.raw:  # the trainer augments it with draws seeded per batch: the same batch in every run
                 batch["seed"] = hash((self.seed, self.epoch, start))
             else:

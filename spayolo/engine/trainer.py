@@ -11,6 +11,9 @@ Switched on by stock arguments, each documented in the README:
 - ``mixup``/``cutmix`` (ignored by the stock classification trainer) mix any batch, and ``label_smoothing`` (an
   argument spayolo adds back) smooths the loss, on either path. ``ema=False`` (also spayolo's) validates and saves the
   trained weights themselves instead of their exponential moving average.
+- ``distill=teacher.pt`` (spayolo's, with ``cache=ram``): knowledge distillation from the per-image probabilities
+  that ``spayolo teach`` computed on the training split (:mod:`~spayolo.engine.distill`), weighted by
+  ``distill_weight`` against the label loss and softened at temperature ``distill_temp``.
 - ``imgsz`` is rounded up to a multiple of 16, not 32 (:data:`~spayolo.engine.classify.CLASSIFIER_STRIDE`), so that
   ``imgsz=48`` trains at FER2013's native size; the stock trainer would train it at 64.
 - With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
@@ -28,6 +31,7 @@ from copy import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import ultralytics.engine.trainer as base_trainer
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.utils import LOGGER, colorstr
@@ -36,7 +40,8 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from .augment import BatchAugment, mix_batch
 from .classify import FERValidator, classifier_imgsz_rule
-from .loss import SmoothCrossEntropy
+from .distill import load_teacher
+from .loss import DistillationLoss, SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
 
 __all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "usable_cores")
@@ -64,6 +69,10 @@ class FERTrainer(ClassificationTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "distill_model", None):
+            raise ValueError(f"distill_model={self.args.distill_model}: Ultralytics distils Detect-head features, "
+                             "which a classifier lacks; for a classifier write a teacher file with spayolo teach and "
+                             "train with cache=ram distill=<that file>")
         self.add_callback("on_train_epoch_start", _seed_loader_epoch)
         self.augment = None
         self._memory_format = torch.contiguous_format
@@ -75,27 +84,39 @@ class FERTrainer(ClassificationTrainer):
 
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
         """The stock DataLoader, or with ``cache=ram`` a :class:`RamLoader` over the split decoded once."""
+        train = mode == "train"
         if not self.ram_cache:
+            if train and getattr(self.args, "distill", None):
+                raise ValueError(f"distill={self.args.distill} needs cache=ram: the teacher's probabilities are "
+                                 "looked up per image in the RAM cache")
             return super().get_dataloader(dataset_path, batch_size, rank, mode)
         with override_configs(self.args, {"cache": False}):  # the stock dataset would cache its own copy
             dataset = self.build_dataset(dataset_path, mode)
         if not dataset.samples:
             raise FileNotFoundError(f"No images found in the '{mode}' split of {dataset_path}")
-        train = mode == "train"
         LOGGER.info(f"{colorstr(mode + ':')} decoding {len(dataset.samples)} images into RAM (cache=ram)")
         data = RamImages(dataset.samples, transform=None if train else dataset.torch_transforms, size=self.args.imgsz)
+        extras = {}
         if train:
             args = self.args
             self.augment = BatchAugment(args.imgsz, args.scale, args.fliplr, args.flipud, args.degrees, args.hsv_v,
                                         args.hsv_s, args.erasing)
+            if getattr(args, "distill", None):
+                extras["teacher"] = load_teacher(args.distill, dataset.samples, dataset_path, self.data["names"])
+                LOGGER.info(f"{colorstr('distill:')} {args.distill}, weight {args.distill_weight}, "
+                            f"temperature {args.distill_temp}")
         else:
             unwrap_model(self.model).transforms = dataset.torch_transforms  # what predict() applies, as stock
-        return RamLoader(data, dataset, batch_size, shuffle=train, seed=self.args.seed, raw=train)
+        return RamLoader(data, dataset, batch_size, shuffle=train, seed=self.args.seed, raw=train, extras=extras)
 
     def set_model_attributes(self):
-        """Stock class names, and the loss that knows label smoothing and mixed labels."""
+        """Stock class names, and the loss that knows label smoothing, mixed labels and a teacher."""
         super().set_model_attributes()
-        self.model.criterion = SmoothCrossEntropy(getattr(self.args, "label_smoothing", 0.0))
+        smoothing = getattr(self.args, "label_smoothing", 0.0)
+        if getattr(self.args, "distill", None):
+            self.model.criterion = DistillationLoss(smoothing, self.args.distill_weight, self.args.distill_temp)
+        else:
+            self.model.criterion = SmoothCrossEntropy(smoothing)
 
     def preprocess_batch(self, batch: dict) -> dict:
         """Move to the device; augment raw RAM batches there and mix any batch, outside autocast (fp32 draws)."""
@@ -106,9 +127,17 @@ class FERTrainer(ClassificationTrainer):
             if batch["img"].dtype == torch.uint8:
                 images = self.augment(batch["img"], generator)
                 batch["img"] = images.expand(-1, 3, -1, -1).contiguous(memory_format=self._memory_format)
+            if "teacher" in batch:  # softened once here, so that MixUp/CutMix mix what the loss compares
+                teacher = batch["teacher"].to(self.device).clamp_min(1e-8).log().div_(self.args.distill_temp)
+                batch["teacher"] = teacher.softmax(1)
             if self.args.mixup > 0 or self.args.cutmix > 0:
-                batch["target"] = mix_batch(batch["img"], batch["cls"], self.data["nc"], self.args.mixup,
-                                            self.args.cutmix, generator)
+                targets = F.one_hot(batch["cls"], self.data["nc"]).float()
+                if "teacher" in batch:
+                    targets = torch.cat([targets, batch["teacher"]], 1)
+                mixed = mix_batch(batch["img"], targets, self.args.mixup, self.args.cutmix, generator)
+                batch["target"] = mixed[:, : self.data["nc"]]
+                if "teacher" in batch:
+                    batch["teacher"] = mixed[:, self.data["nc"] :]
         return batch
 
     def _setup_train(self):

@@ -1,0 +1,91 @@
+"""Knowledge distillation from precomputed teacher probabilities (Hinton et al., 2015): make them, and read them back.
+
+A teacher file holds, for every image of one split, the class probabilities of one or more classifiers averaged over
+the models and, with flip TTA, over each image and its mirror: an ensemble's knowledge at no cost per training step.
+``spayolo teach`` writes it; ``yolo classify train ... cache=ram distill=teacher.pt`` trains a student on it
+(:class:`~spayolo.engine.loss.DistillationLoss`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ("load_teacher", "teacher_probabilities")
+
+FORMAT = "spayolo-teacher-1"
+
+
+def _split_samples(folder: Path) -> tuple[list, dict[int, str]]:
+    """The ``(file, class)`` rows and class names of an image folder, in the order the stock dataset reads it."""
+    from torchvision.datasets import ImageFolder
+
+    from ultralytics.data.utils import IMG_FORMATS
+
+    found = ImageFolder(str(folder), allow_empty=True, is_valid_file=lambda f: f.rsplit(".", 1)[-1].lower() in
+                        IMG_FORMATS)
+    if not found.samples:
+        raise FileNotFoundError(f"no images in {folder} (expected one sub-folder of images per class)")
+    return found.samples, dict(enumerate(found.classes))
+
+
+def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Path, batch: int = 256,
+                          device: str = "cpu", tta: bool = True, trusted: bool = False) -> dict:
+    """The mean class probabilities of ``models`` (``(path, imgsz or None)``: the size it was trained at) on every
+    image under ``folder``, seen as the validator sees it (resize, centre crop); with ``tta`` also its mirror image.
+
+    Returns the teacher file's content: ``files`` (relative to ``folder``), ``labels`` (N,), ``probs`` (N, classes),
+    ``names``, ``split`` (the folder's name), ``models`` and ``tta``.
+    """
+    from ultralytics.data.augment import classify_transforms
+
+    from spayolo.pipeline import Classifier, checked_device
+    from .ramdata import RamImages
+
+    folder = Path(folder)
+    samples, names = _split_samples(folder)
+    target = checked_device(device)
+    total = torch.zeros(len(samples), len(names))
+    for path, imgsz in models:
+        classifier = Classifier(str(path), target, half=False, trusted=trusted)
+        if classifier.names != list(names.values()):
+            raise ValueError(f"teacher {path} has classes {classifier.names}, {folder} has {list(names.values())}")
+        size = imgsz or classifier.imgsz
+        if not size:
+            raise ValueError(f"teacher {path}: give its input size (path:imgsz); the file does not say it")
+        classifier.check_imgsz(size)
+        images = RamImages(samples, transform=classify_transforms(size=size)).images
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch].to(target).float().div_(255).expand(-1, 3, -1, -1)
+            total[start : start + batch] += classifier(x, tta=tta).cpu()
+    return {"format": FORMAT, "files": [Path(f).relative_to(folder).as_posix() for f, _ in samples],
+            "labels": torch.tensor([c for _, c in samples]), "probs": total / len(models), "names": names,
+            "split": folder.name, "models": [f"{p}:{s}" if s else str(p) for p, s in models], "tta": tta}
+
+
+def load_teacher(file: str | Path, samples: list, folder: str | Path, names: dict[int, str]) -> torch.Tensor:
+    """The teacher probabilities of ``file`` for the training ``samples`` of ``folder``, row i for sample i.
+
+    Raises:
+        ValueError: The file is not a teacher file, was made on another split or with other classes, or lacks some of
+            the samples; the message names the file and what differs.
+    """
+    file, folder = Path(file), Path(folder)
+    if not file.is_file():
+        raise FileNotFoundError(f"distill={file}: no such teacher file (spayolo teach writes one)")
+    teacher = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(teacher, dict) or teacher.get("format") != FORMAT:
+        raise ValueError(f"distill={file} is not a teacher file written by spayolo teach")
+    if teacher["split"] != folder.name:
+        raise ValueError(f"distill={file} holds the '{teacher['split']}' split; this run trains on '{folder.name}'")
+    if list(teacher["names"].values()) != list(names.values()):
+        raise ValueError(f"distill={file} has classes {list(teacher['names'].values())}, the data has "
+                         f"{list(names.values())}")
+    row = {f: i for i, f in enumerate(teacher["files"])}
+    wanted = [Path(s[0]).relative_to(folder).as_posix() for s in samples]
+    missing = [f for f in wanted if f not in row]
+    if missing:
+        raise ValueError(f"distill={file} lacks {len(missing)} of the {len(wanted)} training images, e.g. "
+                         f"{missing[0]}: run spayolo teach again on {folder}")
+    return teacher["probs"][[row[f] for f in wanted]].float()
