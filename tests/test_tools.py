@@ -40,7 +40,8 @@ TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.
 
 
 def test_command_dispatch_and_usage(capsys, monkeypatch):
-    assert cli.main([]) == 2 and "usage: spayolo {live,prepare,evaluate,kfold,cam,sweep,teach,benchmark}" in capsys.readouterr().out
+    usage = "usage: spayolo {live,prepare,evaluate,kfold,cam,sweep,teach,benchmark}"
+    assert cli.main([]) == 2 and usage in capsys.readouterr().out
     assert cli.main(["--help"]) == 0 and "spayolo live --source clip.mp4" in capsys.readouterr().out
     assert cli.main(["train"]) == 2 and "unknown command 'train'" in capsys.readouterr().err
     calls = []
