@@ -68,7 +68,8 @@ def test_mixed_images_and_targets_agree():
     value = torch.tensor([0.1, 0.5, 0.9])
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     images = value[labels].view(-1, 1, 1, 1).expand(-1, 3, 16, 16).clone()
-    targets = mix_batch(images, F.one_hot(labels, 3).float(), mixup=0.5, cutmix=0.5, generator=torch.Generator().manual_seed(0))
+    targets = mix_batch(images, F.one_hot(labels, 3).float(), mixup=0.5, cutmix=0.5,
+                        generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(targets.sum(1), torch.ones(8))
     torch.testing.assert_close(images.mean((1, 2, 3)), targets @ value)  # lambda of the pixels = lambda of the labels
     assert (targets.max(1).values < 1).any()

@@ -102,7 +102,9 @@ class FERTrainer(ClassificationTrainer):
             self.augment = BatchAugment(args.imgsz, args.scale, args.fliplr, args.flipud, args.degrees, args.hsv_v,
                                         args.hsv_s, args.erasing)
             if getattr(args, "distill", None):
-                extras["teacher"] = load_teacher(args.distill, dataset.samples, dataset_path, self.data["names"])
+                teacher = load_teacher(args.distill, dataset.samples, dataset_path, self.data["names"])
+                # softened once, before batching, so that MixUp/CutMix mix what the loss compares
+                extras["teacher"] = teacher.clamp_min(1e-8).log().div_(args.distill_temp).softmax(1)
                 LOGGER.info(f"{colorstr('distill:')} {args.distill}, weight {args.distill_weight}, "
                             f"temperature {args.distill_temp}")
         else:
@@ -127,9 +129,8 @@ class FERTrainer(ClassificationTrainer):
             if batch["img"].dtype == torch.uint8:
                 images = self.augment(batch["img"], generator)
                 batch["img"] = images.expand(-1, 3, -1, -1).contiguous(memory_format=self._memory_format)
-            if "teacher" in batch:  # softened once here, so that MixUp/CutMix mix what the loss compares
-                teacher = batch["teacher"].to(self.device).clamp_min(1e-8).log().div_(self.args.distill_temp)
-                batch["teacher"] = teacher.softmax(1)
+            if "teacher" in batch:
+                batch["teacher"] = batch["teacher"].to(self.device)
             if self.args.mixup > 0 or self.args.cutmix > 0:
                 targets = F.one_hot(batch["cls"], self.data["nc"]).float()
                 if "teacher" in batch:
