@@ -64,6 +64,21 @@ def test_erasing_and_flip_match_the_stock_probabilities():
     assert 0.45 < share < 0.55
 
 
+def test_crop_boxes_follow_torchvision_random_resized_crop():
+    from PIL import Image
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    stock = torch.tensor([RandomResizedCrop.get_params(Image.new("L", (48, 40)), scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3))
+                          for _ in range(4000)], dtype=torch.float)  # rows: top, left, height, width
+    left, top, width, height = BatchAugment(64, scale=0.2).crop_boxes(4000, 40, 48, torch.Generator().manual_seed(0))
+    assert (left >= 0).all() and (left + width <= 48).all() and (top >= 0).all() and (top + height <= 40).all()
+    for ours, theirs in [((width / height).log(), (stock[:, 3] / stock[:, 2]).log()),
+                         (width * height / (48 * 40), stock[:, 3] * stock[:, 2] / (48 * 40))]:
+        assert abs(ours.mean() - theirs.mean()) < 0.01 and abs(ours.std() - theirs.std()) < 0.01
+    assert BatchAugment(64, scale=0.0).crop_boxes(100, 48, 48, torch.Generator())[2].eq(48).all()  # whole image
+
+
 def test_mixed_images_and_targets_agree():
     value = torch.tensor([0.1, 0.5, 0.9])
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
