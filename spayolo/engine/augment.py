@@ -43,11 +43,10 @@ class BatchAugment:
     """The augmentations of Ultralytics' ``classify_augmentations``, vectorised over a batch, each image its own draw.
 
     One affine resample per image does RandomResizedCrop (area ``1 - scale`` to 1, aspect 3/4 to 4/3, boxes drawn as
-    torchvision draws them), horizontal and
-    vertical flips and a rotation of up to ``degrees`` (which the stock classification loader ignores); then
-    ColorJitter's brightness/contrast (``hsv_v``) and saturation (``hsv_s``) in a random order per image, and
-    RandomErasing (``erasing``: area 2-33 %, aspect 0.3-3.3, value 0). Parameters are drawn on the CPU from the given
-    generator, so a seeded epoch is reproduced exactly on any device.
+    torchvision draws them), horizontal and vertical flips and a rotation of up to ``degrees`` (which the stock
+    classification loader ignores); then ColorJitter's brightness/contrast (``hsv_v``) and saturation (``hsv_s``) in a
+    random order per image, and RandomErasing (``erasing``: area 2-33 %, aspect 0.3-3.3, value 0). Parameters are drawn
+    on the CPU from the given generator, so a seeded epoch is reproduced exactly on any device.
 
     Args:
         imgsz: Output side length.
