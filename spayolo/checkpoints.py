@@ -132,9 +132,21 @@ def training_state(run: str | Path, args: dict | None = None) -> str:
     last = run / "weights" / "last.pt"
     if not last.is_file():
         return "new"
+    model, ckpt = load_checkpoint(last)
     if args:
         trained = yaml.safe_load((run / "args.yaml").read_text())
+        if trained.get("resume") and trained.get("model") == trained.get("resume"):
+            trained["model"] = _resumed_from(model, args.get("model"))
         if any(trained.get(key) != value for key, value in args.items()):
             return "new"
-    _, ckpt = load_checkpoint(last)
     return "finished" if ckpt.get("epoch", -1) == -1 else "interrupted"
+
+
+def _resumed_from(model: nn.Module, wanted):
+    """What a resumed run was started from, as far as it can be known: on resume Ultralytics writes the run's own
+    last.pt into args.yaml's ``model``, so a run interrupted twice would otherwise look 'new' and restart from scratch.
+    The YAML the network was built from stays in the checkpoint; which .pt a fine-tuning started from does not."""
+    built_from = Path(str(getattr(model, "yaml", {}).get("yaml_file", ""))).name
+    if str(wanted).endswith((".yaml", ".yml")) and Path(str(wanted)).name != built_from:
+        return built_from
+    return wanted

@@ -67,6 +67,24 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(finished_sweep, 
     assert calls == [{"resume": True}]
 
 
+def test_a_resumed_run_interrupted_again_is_resumed_not_restarted(finished_sweep, tiny_dataset, tmp_path):
+    import shutil
+
+    _, root = finished_sweep
+    run = shutil.copytree(root / "runs" / "b", tmp_path / "b")
+    last = run / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["epoch"] = 0
+    torch.save(ckpt, last)
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    args["model"] = args["resume"] = "/elsewhere/b/weights/last.pt"  # what Ultralytics writes on resume
+    (run / "args.yaml").write_text(yaml.safe_dump(args))
+    wanted = {"model": "yolov8n-cls.yaml", "data": str(tiny_dataset), **RECIPE, "seed": 1}
+    assert training_state(run, wanted) == "interrupted"
+    assert training_state(run, {**wanted, "model": "yolov8s-cls.yaml"}) == "new"  # the network it was built from
+    assert training_state(run, {**wanted, "lr0": 5e-4}) == "new"
+
+
 def test_sweep_retrains_a_run_whose_arguments_changed(finished_sweep, tiny_dataset, monkeypatch):
     from ultralytics import YOLO
 
