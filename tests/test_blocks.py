@@ -218,6 +218,23 @@ def test_massatt_params_and_values():
     torch.testing.assert_close(m(x), x / 4)
 
 
+def test_massatt_spatial_path_trains_in_fp32_under_bf16_autocast():
+    # oneDNN's bf16 weight gradient of a strided 3x3 conv on a 1x1 map (channels_last) is NaN for some batches: the
+    # spatial path reaches 1x1 at P4/P5 of a 64 px face, so it must not compute in bf16
+    m = MassAtt(16).to(memory_format=torch.channels_last)
+    seen = []
+    for layer in (m.down1, m.down2, m.up1, m.up2):
+        layer.register_forward_hook(lambda mod, inputs, out: seen.append(out.dtype))
+    for seed in range(8):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 16, 2, 2).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        y.float().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters()), f"seed {seed}: non-finite gradient"
+    assert set(seen) == {torch.float32}
+
+
 def test_pwfs_divisible_values():
     x = torch.randn(2, 9, 4, 4)
     groups = torch.stack((x[:, 0:3], x[:, 3:6], x[:, 6:9]))

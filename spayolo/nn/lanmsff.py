@@ -24,7 +24,9 @@ class MassAtt(nn.Module):
     Channel path: an :class:`SEGate` with reduction 4, GAP -> FC(C, C/4) + ReLU -> FC(C/4, C) + sigmoid. Spatial path:
     the channel mean goes through two 3x3 stride-2 convs (1 -> 2 -> 4 channels, ReLU) and two 3x3 stride-2 transposed
     convs (4 -> 4 -> 1, ReLU then sigmoid). Each transposed conv is given the size of the map it mirrors, so odd sizes
-    (7x7, 13x13) come back to exactly H x W with no crop or interpolation.
+    (7x7, 13x13) come back to exactly H x W with no crop or interpolation. The spatial path runs in fp32 under autocast:
+    at P4/P5 of a small face it reaches 1x1 maps, where oneDNN's bf16 weight gradient of a strided 3x3 (transposed)
+    conv in ``channels_last`` comes out NaN, and its four channels cost nothing in fp32.
 
     Args:
         c1 (int): Input channels.
@@ -46,13 +48,16 @@ class MassAtt(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_c = self.channel(x)
-        s0 = x.mean(1, keepdim=True)
-        s1 = self.act(self.down1(s0))
-        s2 = self.act(self.down2(s1))
-        up = self.act(self.up1(s2, output_size=s1.shape[-2:]))
-        a_s = self.up2(up, output_size=s0.shape[-2:]).sigmoid()
-        return x * a_c * a_s
+        return x * self.channel(x) * self.spatial(x)
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """A_s (eq. 4), (B, 1, H, W), computed in fp32 (class doc)."""
+        with torch.autocast(x.device.type, enabled=False):
+            s0 = x.float().mean(1, keepdim=True)
+            s1 = self.act(self.down1(s0))
+            s2 = self.act(self.down2(s1))
+            up = self.act(self.up1(s2, output_size=s1.shape[-2:]))
+            return self.up2(up, output_size=s0.shape[-2:]).sigmoid().to(x.dtype)
 
 
 def _pwfs_width(c1: int) -> int:
