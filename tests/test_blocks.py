@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import n_params, onnx_run, ss2d_params
-from spayolo.nn.common import PaddedDWConv
+from spayolo.nn.common import PaddedDWConv, _tap_index
 from spayolo.nn.fermam import ASFR, SS2D, ConvSSM, cross_merge, cross_scan
 from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from spayolo.nn.msff import BFEU, FFM, MSFFModule
 from spayolo.nn.scan import _cuda_kernel, random_scan_inputs, selective_scan, selective_scan_chunked
-from spayolo.nn.spam import FEP, GAM, SPAM, _dft_basis, real_dft2
+from spayolo.nn.spam import FEP, GAM, SPAM, _dft2_matrix, _dft_basis, real_dft2
 from spayolo.nn.wamf import MF, WA, CapsuleHead, squash
 
 CUDA = torch.cuda.is_available()
@@ -98,18 +98,25 @@ def test_fep_changes_width():
 
 def test_dft_basis_cached_by_a_prediction_still_trains():
     """Predict, then train at the same size: the cached basis must not be an inference tensor (issue 12.9)."""
-    _dft_basis.cache_clear()
+    for cache in (_dft_basis, _dft2_matrix, _tap_index):
+        cache.cache_clear()
     with torch.inference_mode():
-        real_dft2(torch.randn(1, 2, 5, 5))
-    x = torch.randn(1, 2, 5, 5, requires_grad=True)
-    real_dft2(x).square().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+        for size in (5, 20):  # one (hw x hw) matrix, and the separable bases
+            real_dft2(torch.randn(1, 2, size, size))
+        PaddedDWConv(2, 2, 7)(torch.randn(1, 2, 4, 4))
+    for size in (5, 20):
+        x = torch.randn(1, 2, size, size, requires_grad=True)
+        real_dft2(x).square().sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+    conv, x = PaddedDWConv(2, 2, 7), torch.randn(1, 2, 4, 4, requires_grad=True)
+    conv(x).square().sum().backward()
+    assert x.grad is not None and conv.conv.weight.grad is not None
 
 
 # --- SPAM (SPAYOLO eq. 1-10)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 4, 14, 14), (2, 2, 28, 28), (1, 2, 6, 10)])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 7, 7), (1, 4, 14, 14), (1, 2, 16, 17), (2, 2, 28, 28), (1, 2, 6, 10)])
 def test_real_dft2_matches_fft(shape):
     x = torch.randn(shape, dtype=torch.float32)
     h, w = shape[-2:]
@@ -117,20 +124,23 @@ def test_real_dft2_matches_fft(shape):
     assert torch.allclose(real_dft2(x).double(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("k, size", [(7, 4), (5, 4), (7, 2), (3, 4), (7, 9)])
-def test_padded_dwconv_equals_dwconv_on_any_map(k, size):
+@pytest.mark.parametrize("k, s, d, hw", [(7, 1, 1, (4, 4)), (5, 1, 1, (4, 4)), (7, 1, 1, (2, 2)), (3, 1, 1, (4, 4)),
+                                         (7, 1, 1, (9, 9)), (5, 2, 1, (4, 6)), (3, 1, 2, (3, 3)), (3, 2, 2, (4, 5))])
+def test_padded_dwconv_equals_dwconv_on_any_map(k, s, d, hw):
     from ultralytics.nn.modules import DWConv
     from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
     torch.manual_seed(0)
-    stock, padded = DWConv(8, 8, k), PaddedDWConv(8, 8, k)
+    stock, padded = DWConv(8, 8, k, s, d), PaddedDWConv(8, 8, k, s, d)
     padded.load_state_dict(stock.state_dict())
-    x = torch.randn(2, 8, size, size, requires_grad=True)
+    x = torch.randn(2, 8, *hw, requires_grad=True)
     (stock_out, stock_grad), (out, grad) = ((y, torch.autograd.grad(y.square().sum(), x)[0]) for y in (stock(x), padded(x)))
     torch.testing.assert_close(out, stock_out)
     torch.testing.assert_close(grad, stock_grad)
     padded.eval().conv = fuse_conv_and_bn(padded.conv, padded.bn)
-    torch.testing.assert_close(padded.forward_fuse(x), stock.eval()(x))
+    for grad_enabled in (True, False):  # a training step takes the tap matrix, a forward alone the padded conv
+        with torch.set_grad_enabled(grad_enabled):
+            torch.testing.assert_close(padded.forward_fuse(x), stock.eval()(x))
 
 
 def test_spam_parameter_count_by_hand():

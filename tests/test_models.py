@@ -8,7 +8,8 @@ import yaml
 
 from conftest import MODELS, REPO, build_model, n_params, onnx_run, ss2d_params
 from spayolo.nn.fermam import ASFR, SS2D, ConvSSM
-from spayolo.nn.spam import _dft_basis
+from spayolo.nn.common import _tap_index
+from spayolo.nn.spam import _dft2_matrix, _dft_basis
 from spayolo.parser import ModelConfigError
 
 
@@ -123,7 +124,8 @@ def test_predict_then_train_in_one_process(tiny_dataset):
     """A prediction, then training a new model at the same size in the same process (issue 12.9)."""
     from ultralytics import YOLO
 
-    _dft_basis.cache_clear()
+    for cache in (_dft_basis, _dft2_matrix, _tap_index):
+        cache.cache_clear()
     image = next((tiny_dataset / "val" / "happy").glob("*.jpg"))
     YOLO("spayolo-n.yaml").predict(image, imgsz=48, verbose=False)  # inference mode; SPAM sees 3x3 maps
     model = build_model("spayolo-n.yaml").train()

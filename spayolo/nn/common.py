@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,13 +51,37 @@ class SEGate(nn.Module):
         return self.fc2(self.act(self.fc1(self.pool(x)))).sigmoid()
 
 
+@lru_cache(maxsize=64)
+def _tap_index(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """For a conv on an h x w map: the kernel tap (ky * kw + kx) joining each output to each input position, or
+    kh * kw where no tap does, as an (Ho * Wo, H * W) index; and Ho, Wo.
+
+    Built outside inference mode even when first asked for by a prediction: the cache outlives that call, and a later
+    training step saves the index for backward.
+    """
+    with torch.inference_mode(False):
+        taps, valid, out = [], [], []
+        for n, k, s, p, d in zip(size, kernel, stride, padding, dilation):
+            m = (n + 2 * p - d * (k - 1) - 1) // s + 1
+            offset = torch.arange(n).view(1, n) - (torch.arange(m) * s - p).view(m, 1)  # input - window start
+            tap = offset.div(d, rounding_mode="floor")
+            taps.append(tap), valid.append((offset % d == 0) & (tap >= 0) & (tap < k)), out.append(m)
+        index = taps[0][:, None, :, None] * kernel[1] + taps[1][None, :, None, :]  # (Ho, Wo, H, W)
+        inside = valid[0][:, None, :, None] & valid[1][None, :, None, :]
+        index = torch.where(inside, index, kernel[0] * kernel[1]).reshape(out[0] * out[1], size[0] * size[1])
+        return index.to(device), out[0], out[1]
+
+
 @register_layer
 class PaddedDWConv(DWConv):
-    """Ultralytics' ``DWConv`` (depthwise k x k, BN, SiLU) that zero-pads explicitly when the kernel exceeds the map.
+    """Ultralytics' ``DWConv`` (depthwise k x k, BN, SiLU), fast where the kernel is wider than the map.
 
-    Same weights, same outputs. oneDNN's CPU depthwise convolution takes a slow path when its implicit padding is as
-    large as the map, e.g. SPAM's 5x5 and 7x7 at P4 of a 64 px face (4x4): there padding first and convolving without
-    padding trains 2-3x faster. On larger maps the implicit padding is the faster one and is kept.
+    Same weights, same outputs. oneDNN's CPU depthwise convolution is at its slowest where its padding is as wide as
+    the map, e.g. SPAM's 5x5 and 7x7 at P4 of a 64 px face (4x4). A forward alone is 2-3x faster on an AVX2 CPU with
+    the padding done first and the convolution unpadded. A training step is slowest in the backward (6-12 ms per 64
+    faces in bf16, 2-4 ms in fp32, on one core), so with gradients on each channel's convolution becomes an
+    (HW x HW) matrix of its kernel taps gathered from the weights (1.7 ms). Larger maps keep the convolution.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +92,14 @@ class PaddedDWConv(DWConv):
 
     def depthwise(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv  # Ultralytics' fuse() swaps in a conv with the BN folded in
-        if min(int(x.shape[-2]), int(x.shape[-1])) >= max(conv.kernel_size):
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if all(n >= d * (k - 1) + 1 for n, k, d in zip(size, conv.kernel_size, conv.dilation)):
             return conv(x)
+        if torch.is_grad_enabled() and conv.groups == conv.in_channels == conv.out_channels:
+            index, ho, wo = _tap_index(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, x.device)
+            taps = F.pad(conv.weight.flatten(1), (0, 1))  # (C, kh * kw + 1): the last tap is the padding's zero
+            y = torch.einsum("coi,bci->bco", taps[:, index], x.flatten(2)).unflatten(2, (ho, wo))
+            return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
         ph, pw = conv.padding
         return F.conv2d(F.pad(x, (pw, pw, ph, ph)), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 

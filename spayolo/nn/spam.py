@@ -29,13 +29,30 @@ def _dft_basis(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.
         return phase.cos().to(device, dtype), phase.sin().to(device, dtype)
 
 
+@lru_cache(maxsize=64)
+def _dft2_matrix(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Re(DFT2) of an h x w map as one symmetric (hw x hw) matrix, C_H (x) C_W - S_H (x) S_W, ortho-normalised."""
+    with torch.inference_mode(False):  # cached: see _dft_basis
+        cos_h, sin_h = _dft_basis(h, torch.device("cpu"), torch.float64)
+        cos_w, sin_w = _dft_basis(w, torch.device("cpu"), torch.float64)
+        matrix = (torch.kron(cos_h, cos_w) - torch.kron(sin_h, sin_w)) / math.sqrt(h * w)
+        return matrix.to(device, dtype)
+
+
+_ONE_MATRIX_AREA = 256  # up to 16x16 one (hw x hw) product is faster than two pairs of small ones (4x4: 8x)
+
+
 def real_dft2(x: torch.Tensor) -> torch.Tensor:
     """Re(FFT2(x)) over the last two dims, ortho-normalised, as matrix products (SPAYOLO eq. 3).
 
-    For real x, Re(F) = C_H x C_W - S_H x S_W with C[u, h] = cos(2 pi u h / N) and S[u, h] = sin(2 pi u h / N).
-    Two pairs of small matmuls beat an FFT at the 7x7 to 28x28 maps SPAM sees and export to plain ONNX MatMul.
+    For real x, Re(F) = C_H x C_W - S_H x S_W with C[u, h] = cos(2 pi u h / N) and S[u, h] = sin(2 pi u h / N), or, on
+    the flattened map, one product with C_H (x) C_W - S_H (x) S_W. Matrix products beat an FFT at the 4x4 to 28x28
+    maps SPAM sees and export to plain ONNX MatMul; the single product wins on small maps, where the four products
+    are all overhead, and loses on large ones, where it costs (hw)^2 against hw (h + w).
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed per exported image size; the basis becomes a constant
+    if h * w <= _ONE_MATRIX_AREA:
+        return (x.flatten(-2) @ _dft2_matrix(h, w, x.device, x.dtype)).view_as(x)
     cos_h, sin_h = _dft_basis(h, x.device, x.dtype)
     cos_w, sin_w = (cos_h, sin_h) if w == h else _dft_basis(w, x.device, x.dtype)
     return (cos_h @ x @ cos_w - sin_h @ x @ sin_w) / math.sqrt(h * w)
