@@ -135,4 +135,4 @@ def test_sweep_commands_and_run_selection(tmp_path, capsys):
     assert cli.main(["sweep", "recipe-fer2013", "--only", "base,nope"]) == 2
     assert "has no run nope" in capsys.readouterr().err
     assert cli.main(["sweep", "no-such-sweep"]) == 2
-    assert "built-in sweeps: parity-fer2013, recipe-fer2013, zoo-fer2013" in capsys.readouterr().err
+    assert "built-in sweeps: long-fer2013, parity-fer2013, recipe-fer2013, zoo-fer2013" in capsys.readouterr().err
