@@ -5,8 +5,9 @@ Switched on by stock arguments, each documented in the README:
 - ``cache=ram`` (or ``True``): decode the training and validation images once into uint8 tensors and augment whole
   training batches on the training device (:class:`~spayolo.engine.augment.BatchAugment`) instead of per image with
   PIL. ``degrees`` is honoured here (the stock classification loader ignores it).
-- ``amp=True`` (the default) or ``amp=bf16`` on a CPU: bfloat16 autocast where the CPU computes bf16 natively
-  (AVX512-BF16 or AMX); stock Ultralytics trains fp32 on every CPU. Elsewhere it says so once and trains fp32.
+- ``amp=True`` (the default) with ``cache=ram`` on a CPU: bfloat16 autocast where the CPU computes bf16 natively
+  (AVX512-BF16 or AMX); stock Ultralytics trains fp32 on every CPU. Elsewhere it says so once and trains fp32. The
+  stock data path stays fp32 on a CPU, as stock, so that training without ``cache=ram`` is Ultralytics' own.
 - ``channels_last``: unset means on for the CPU fast path (faster convolutions there); ``True``/``False`` force it.
 - ``mixup``/``cutmix`` (ignored by the stock classification trainer) mix any batch, and ``label_smoothing`` (an
   argument spayolo adds back) smooths the loss, on either path. ``ema=False`` (also spayolo's) validates and saves the
@@ -155,7 +156,7 @@ class FERTrainer(ClassificationTrainer):
         self._memory_format = torch.contiguous_format
         if not cpu:
             return
-        if self.args.amp not in (False, "fp32", "False"):
+        if self.ram_cache and self.args.amp not in (False, "fp32", "False"):
             self.amp = cpu_has_native_bf16()
             if self.amp:
                 self.args.amp = True  # the stock loop then enters torch.autocast("cpu"), whose dtype is bfloat16
