@@ -124,6 +124,38 @@ def test_real_dft2_matches_fft(shape):
     assert torch.allclose(real_dft2(x).double(), expected, atol=1e-5)
 
 
+def _layout(t: torch.Tensor) -> str:
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if t.is_contiguous() else f"strides {t.stride()}"
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_spam_trains_channels_last_throughout(autocast):
+    """In a channels_last training step every SPAM output and every gradient that reaches a BatchNorm is
+    channels_last: one contiguous operand sends oneDNN's BatchNorm/SiLU to a 3-5x slower path (bf16 on a CPU)."""
+    torch.manual_seed(0)
+    spam = SPAM(16, 16).train().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 16, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    seen, hooks = [], []
+    for name, module in spam.named_modules():  # Ultralytics' SiLU is one module shared by every Conv: unhook after
+        hooks.append(module.register_forward_hook(
+            lambda m, i, out, name=name: seen.append((f"{name} output", _layout(out)))
+            if isinstance(out, torch.Tensor) and out.dim() == 4 else None))
+        if isinstance(module, nn.BatchNorm2d):
+            hooks.append(module.register_full_backward_hook(
+                lambda m, gi, go, name=name: seen.append((f"{name} grad", _layout(go[0])))))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = spam(x)
+        y.backward(torch.randn_like(y))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) > 40
+    assert [entry for entry in seen if entry[1] != "channels_last"] == []
+
+
 @pytest.mark.parametrize("k, s, d, hw", [(7, 1, 1, (4, 4)), (5, 1, 1, (4, 4)), (7, 1, 1, (2, 2)), (3, 1, 1, (4, 4)),
                                          (7, 1, 1, (9, 9)), (5, 2, 1, (4, 6)), (3, 1, 2, (3, 3)), (3, 2, 2, (4, 5))])
 def test_padded_dwconv_equals_dwconv_on_any_map(k, s, d, hw):

@@ -11,7 +11,8 @@ from ultralytics.nn.modules import DWConv
 
 from spayolo.registry import register_layer
 
-__all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "classify_output", "same_width")
+__all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "channels_last", "classify_output", "keep_channels_last",
+           "same_width")
 
 
 def same_width(block: str, c1: int, c2: int | None) -> int:
@@ -98,10 +99,41 @@ class PaddedDWConv(DWConv):
         if torch.is_grad_enabled() and conv.groups == conv.in_channels == conv.out_channels:
             index, ho, wo = _tap_index(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, x.device)
             taps = F.pad(conv.weight.flatten(1), (0, 1))  # (C, kh * kw + 1): the last tap is the padding's zero
-            y = torch.einsum("coi,bci->bco", taps[:, index], x.flatten(2)).unflatten(2, (ho, wo))
+            y = torch.einsum("coi,bci->bco", taps[:, index], keep_channels_last(x).flatten(2)).unflatten(2, (ho, wo))
+            y = y.contiguous(memory_format=torch.channels_last) if channels_last(x) else y
             return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
         ph, pw = conv.padding
         return F.conv2d(F.pad(x, (pw, pw, ph, ph)), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+def channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor laid out channels_last and not also plain contiguous (a 1x1 map is both).
+
+    Blocks that compute through matrix products keep this layout: an elementwise op, BatchNorm or SiLU that meets
+    one channels_last and one contiguous operand falls off oneDNN's fast path (3-5x slower in bf16 on a CPU).
+    """
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+class _ChannelsLastGradient(torch.autograd.Function):
+    """Identity whose backward hands on its gradient channels_last, whatever layout the ops after it produced."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def keep_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x``, with its gradient made channels_last when ``x`` is channels_last and needs one.
+
+    Batched matrix products over channels and (B, C, 1, 1) gates hand back gradients in other layouts, and the
+    BatchNorm and SiLU backward before them then fall off oneDNN's fast path. A plain forward is untouched.
+    """
+    return _ChannelsLastGradient.apply(x) if x.requires_grad and channels_last(x) else x
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
