@@ -36,6 +36,27 @@ def test_adan_matches_update_rule():
     assert torch.allclose(param.detach(), adan_reference(start, grads), atol=1e-6)
 
 
+def test_adan_updates_each_tensor_of_a_group_by_its_own_steps():
+    """The one-pass update of a group: several shapes and layouts, a tensor that joins a step late, one never used."""
+    torch.manual_seed(0)
+    starts = [torch.randn(3), torch.randn(4, 2, 3, 3).contiguous(memory_format=torch.channels_last), torch.randn(2)]
+    grads = [[torch.randn_like(start) for _ in range(3)] for start in starts]
+    params = [torch.nn.Parameter(start.clone()) for start in starts]
+    unused = torch.nn.Parameter(torch.ones(2))
+    optimizer = Adan([*params, unused], lr=0.1, weight_decay=0.05)
+    late = params[2]
+    for k in range(3):
+        for param, g in zip(params, grads):
+            param.grad = None if param is late and k == 0 else g[k].clone()
+        optimizer.step()
+    expected = [adan_reference(starts[0], grads[0]), adan_reference(starts[1], grads[1]),
+                adan_reference(starts[2], grads[2][1:])]
+    for param, want in zip(params, expected):
+        assert torch.allclose(param.detach(), want, atol=1e-6)
+    assert optimizer.state[late]["step"] == 2 and not optimizer.state[unused]
+    assert torch.equal(unused.detach(), torch.ones(2))
+
+
 def test_adan_rejects_bad_hyperparameters():
     with pytest.raises(ValueError, match="three betas"):
         Adan([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 0.99))

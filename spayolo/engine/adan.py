@@ -31,29 +31,38 @@ class Adan(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            b1, b2, b3 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_diff"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["prev_grad"] = grad.clone()
-                state["step"] += 1
-                k = state["step"]
-                diff = grad - state["prev_grad"]
-                state["exp_avg"].mul_(b1).add_(grad, alpha=1 - b1)
-                state["exp_avg_diff"].mul_(b2).add_(diff, alpha=1 - b2)
-                nesterov = grad + b2 * diff
-                state["exp_avg_sq"].mul_(b3).addcmul_(nesterov, nesterov, value=1 - b3)
-                denom = (state["exp_avg_sq"] / (1 - b3**k)).sqrt_().add_(eps)
-                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1**k))
-                p.addcdiv_(state["exp_avg_diff"], denom, value=-lr * b2 / (1 - b2**k))
-                p.div_(1 + lr * wd)
-                state["prev_grad"].copy_(grad)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update_group(params, group)
         return loss
+
+    def _update_group(self, params: list[torch.Tensor], group: dict) -> None:
+        """Alg. 1 for every parameter of a group at once: a few foreach ops, not ten small ops per tensor (a network
+        of a few hundred tensors spent more time dispatching them than computing)."""
+        b1, b2, b3 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        states = [self.state[p] for p in params]
+        for p, grad, state in zip(params, grads, states):
+            if not state:
+                zeros = (torch.zeros_like(p) for _ in range(3))
+                state.update(zip(("exp_avg", "exp_avg_diff", "exp_avg_sq"), zeros), step=0, prev_grad=grad.clone())
+            state["step"] += 1
+        m, v, n, previous = ([state[key] for state in states] for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq",
+                                                                          "prev_grad"))
+        steps = [state["step"] for state in states]
+        diff = torch._foreach_sub(grads, previous)
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_add_(v, diff, alpha=1 - b2)
+        nesterov = torch._foreach_add(grads, diff, alpha=b2)
+        torch._foreach_mul_(n, b3)
+        torch._foreach_addcmul_(n, nesterov, nesterov, value=1 - b3)
+        denom = torch._foreach_div(n, [1 - b3**k for k in steps])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - b1**k) for k in steps])
+        torch._foreach_addcdiv_(params, v, denom, [-lr * b2 / (1 - b2**k) for k in steps])
+        torch._foreach_div_(params, 1 + lr * wd)
+        torch._foreach_copy_(previous, grads)
