@@ -79,6 +79,32 @@ def test_crop_boxes_follow_torchvision_random_resized_crop():
     assert BatchAugment(64, scale=0.0).crop_boxes(100, 48, 48, torch.Generator())[2].eq(48).all()  # whole image
 
 
+def test_batch_affine_grid_equals_torchs():
+    from spayolo.engine.augment import _affine_grid
+
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.affine_grid(theta, [16, 1, 24, 24], align_corners=False)
+    torch.testing.assert_close(_affine_grid(theta, 24), expected, atol=1e-6, rtol=0)
+
+
+def test_pooled_heads_get_channels_last_gradients_of_the_same_values():
+    """The fast path's pool hook changes the layout of the head's gradients (oneDNN's fast BatchNorm/SiLU backward),
+    never their values."""
+    from ultralytics.nn.modules import Classify, Conv
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv(3, 8, 3), Classify(8, 5)).train().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    plain = torch.autograd.grad(net(x).square().sum(), net[0].conv.weight)[0]
+    fer_trainer.keep_pool_gradients_channels_last(net)
+    layouts = []
+    net[1].conv.bn.register_full_backward_hook(
+        lambda m, grad_in, grad_out: layouts.append(grad_out[0].is_contiguous(memory_format=torch.channels_last)))
+    hooked = torch.autograd.grad(net(x).square().sum(), net[0].conv.weight)[0]
+    assert layouts == [True]
+    torch.testing.assert_close(hooked, plain)
+
+
 def test_mixed_images_and_targets_agree():
     value = torch.tensor([0.1, 0.5, 0.9])
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])

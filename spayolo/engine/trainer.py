@@ -45,7 +45,7 @@ from .distill import load_teacher
 from .loss import DistillationLoss, SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
 
-__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "usable_cores")
+__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "keep_pool_gradients_channels_last", "usable_cores")
 
 STATE_FILE = "last.state.pt"
 
@@ -58,6 +58,23 @@ def cpu_has_native_bf16() -> bool:
 def usable_cores() -> int:
     """The cores this process may run on (its affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _channels_last_input_gradient(module, grad_input, grad_output):
+    return tuple(g.contiguous(memory_format=torch.channels_last) if g is not None and g.dim() == 4 else g
+                 for g in grad_input)
+
+
+def keep_pool_gradients_channels_last(model: torch.nn.Module) -> None:
+    """Make every global average pool of a channels_last model hand its gradient back channels_last.
+
+    A pool's backward spreads the gradient over the map in the contiguous layout, and the BatchNorm and SiLU
+    backward of the conv before it then leave oneDNN's fast path: 1.8 ms instead of 0.2 ms a batch for the
+    1280-channel conv of Ultralytics' classification head, in bf16 on a CPU.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.AdaptiveAvgPool2d):
+            module.register_full_backward_hook(_channels_last_input_gradient)
 
 
 def _seed_loader_epoch(trainer) -> None:
@@ -168,6 +185,7 @@ class FERTrainer(ClassificationTrainer):
         if channels_last or (channels_last is None and self.ram_cache):
             self._memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
+            keep_pool_gradients_channels_last(self.model)
 
     def get_validator(self):
         """The stock validator at the size this run trains at (see :class:`~spayolo.engine.classify.FERValidator`)."""
