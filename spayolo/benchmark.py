@@ -213,28 +213,41 @@ def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int
 
 
 def benchmark_training(args) -> None:
-    """Stock vs fast training path per model, the stock yolov8-cls of its scale first; the ratio on the last line."""
+    """Stock vs fast training path per model, the stock yolov8-cls of its scale first; the ratio on the last line.
+
+    A small shared CPU changes speed by 20-50 % within minutes, so the paths alternate in ``--rounds`` rounds (stock
+    first in even rounds, fast first in odd ones) and each ratio pairs the two runs of one round: the table gives the
+    median images/s per path and the median ratio with its range over the rounds.
+    """
     names = []
     for name in args.models:
         names += [n for n in (stock_twin(name), name) if n and n not in names]
     from spayolo.engine.trainer import cpu_has_native_bf16, usable_cores
 
     epoch_images = train_images(args.data)
-    rows = {}
-    for name in names:
-        for label, path in TRAIN_PATHS.items():
-            rows[name, label] = measure_training(name, args.data, args.imgsz, args.batch, args.batches, args.device,
-                                                 path)
+    runs = {(name, label): [] for name in names for label in TRAIN_PATHS}
+    for round_index in range(args.rounds):
+        for name in names:
+            labels = list(TRAIN_PATHS) if round_index % 2 == 0 else list(reversed(TRAIN_PATHS))
+            for label in labels:
+                runs[name, label].append(measure_training(name, args.data, args.imgsz, args.batch, args.batches,
+                                                          args.device, TRAIN_PATHS[label]))
     print(f"training: device={args.device} imgsz={args.imgsz} batch={args.batch} batches={args.batches} "
-          f"cores={usable_cores()} "
+          f"rounds={args.rounds} cores={usable_cores()} "
           f"native bf16={cpu_has_native_bf16()} epoch={epoch_images} images ({args.data})")
-    print(f"{'model':<18}{'path':<7}{'img/s':>9}{'epoch end s':>13}{'s/epoch':>10}{'fast/stock':>12}")
-    for (name, label), row in rows.items():
-        ratio = f"x{row['img/s'] / rows[name, 'stock']['img/s']:.2f}" if label == "fast" else ""
-        seconds = epoch_images / row["img/s"] + row["end_s"]
-        print(f"{name:<18}{label:<7}{row['img/s']:>9.1f}{row['end_s']:>13.1f}{seconds:>10.0f}{ratio:>12}")
-    first = args.models[0]
-    print(f"{first} fast/stock images/s: x{rows[first, 'fast']['img/s'] / rows[first, 'stock']['img/s']:.2f}")
+    print(f"{'model':<18}{'path':<7}{'img/s':>9}{'epoch end s':>13}{'s/epoch':>10}{'fast/stock':>12}{'range':>14}")
+    ratios = {}
+    for (name, label), measured in runs.items():
+        speed = statistics.median(run["img/s"] for run in measured)
+        seconds = epoch_images / speed + statistics.median(run["end_s"] for run in measured)
+        ratio = spread = ""
+        if label == "fast":
+            per_round = [f["img/s"] / s["img/s"] for f, s in zip(measured, runs[name, "stock"])]
+            ratios[name] = statistics.median(per_round)
+            ratio, spread = f"x{ratios[name]:.2f}", f"x{min(per_round):.2f}-{max(per_round):.2f}"
+        print(f"{name:<18}{label:<7}{speed:>9.1f}{statistics.median(r['end_s'] for r in measured):>13.1f}"
+              f"{seconds:>10.0f}{ratio:>12}{spread:>14}")
+    print(f"{args.models[0]} fast/stock images/s: x{ratios[args.models[0]]:.2f}")
 
 
 def main(argv=None):
@@ -254,7 +267,8 @@ def main(argv=None):
     parser.add_argument("--half", action="store_true", help="pipeline: FP16 classifier (CUDA)")
     parser.add_argument("--train", action="store_true", help="benchmark the stock vs the fast training path instead")
     parser.add_argument("--data", default="fer2013.yaml", help="training: image folder or dataset name")
-    parser.add_argument("--batches", type=int, default=60, help="training: batches per path and model")
+    parser.add_argument("--batches", type=int, default=60, help="training: batches per path, model and round")
+    parser.add_argument("--rounds", type=int, default=3, help="training: alternating stock/fast rounds")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
