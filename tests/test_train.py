@@ -89,7 +89,8 @@ def test_batch_augmentation_gives_torchvisions_pixels_for_the_same_draws():
     faces = F.avg_pool2d(torch.rand(32, 1, 52, 52, generator=g), 5, 1).mul(255).round().to(torch.uint8)  # smooth 48 px
     b, size = len(faces), 64
     left, top = torch.randint(0, 6, (b,), generator=g).float(), torch.randint(0, 6, (b,), generator=g).float()
-    width, height = 48 - left - torch.randint(0, 4, (b,), generator=g), 48 - top - torch.randint(0, 4, (b,), generator=g)
+    width = 48 - left - torch.randint(0, 4, (b,), generator=g)
+    height = 48 - top - torch.randint(0, 4, (b,), generator=g)
     flip = torch.rand(b, generator=g) < 0.5
     brightness, contrast = 0.7 + 0.6 * torch.rand(b, generator=g), 0.7 + 0.6 * torch.rand(b, generator=g)
     augment = BatchAugment(size, fliplr=float(flip.all()), hsv_v=0.3, erasing=0.0)
@@ -106,7 +107,8 @@ def test_batch_augmentation_gives_torchvisions_pixels_for_the_same_draws():
                                     int(width[i]), [size, size], TF.InterpolationMode.BILINEAR)
             image = TF.hflip(image) if flip[i] else image
             for op in order:
-                image = (TF.adjust_brightness if op == 0 else TF.adjust_contrast)(image, float((brightness, contrast)[op][i]))
+                adjust = TF.adjust_brightness if op == 0 else TF.adjust_contrast
+                image = adjust(image, float((brightness, contrast)[op][i]))
             theirs.append(TF.to_tensor(image))
         difference = (batch - torch.stack(theirs))[..., 2:-2, 2:-2] * 255  # the outer ring: crop-edge resampling
         assert difference.abs().mean() < 1.5 and abs(difference.mean()) < 1.2, order  # PIL truncates each colour op

@@ -37,8 +37,8 @@ def _affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     product with an inner size of 3 took 2 ms of a CPU batch of 64, this 0.1 ms."""
     centres = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1  # pixel centres
     u, v = centres.view(1, 1, size), centres.view(1, size, 1)
-    rows = [theta[:, i, 0, None, None] * u + theta[:, i, 1, None, None] * v + theta[:, i, 2, None, None] for i in (0, 1)]
-    return torch.stack(rows, -1)  # (B, size, size, 2): x, y
+    a, b, c = (theta[..., j, None, None] for j in range(3))  # (B, 2, 1, 1) each: the x and y rows of theta
+    return torch.stack([a[:, i] * u + b[:, i] * v + c[:, i] for i in (0, 1)], -1)  # (B, size, size, 2): x, y
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
