@@ -238,15 +238,14 @@ def benchmark_training(args) -> None:
     print(f"{'model':<18}{'path':<7}{'img/s':>9}{'epoch end s':>13}{'s/epoch':>10}{'fast/stock':>12}{'range':>14}")
     ratios = {}
     for (name, label), measured in runs.items():
-        speed = statistics.median(run["img/s"] for run in measured)
-        seconds = epoch_images / speed + statistics.median(run["end_s"] for run in measured)
+        speed, end = (statistics.median(run[key] for run in measured) for key in ("img/s", "end_s"))
         ratio = spread = ""
         if label == "fast":
             per_round = [f["img/s"] / s["img/s"] for f, s in zip(measured, runs[name, "stock"])]
             ratios[name] = statistics.median(per_round)
             ratio, spread = f"x{ratios[name]:.2f}", f"x{min(per_round):.2f}-{max(per_round):.2f}"
-        print(f"{name:<18}{label:<7}{speed:>9.1f}{statistics.median(r['end_s'] for r in measured):>13.1f}"
-              f"{seconds:>10.0f}{ratio:>12}{spread:>14}")
+        seconds = epoch_images / speed + end
+        print(f"{name:<18}{label:<7}{speed:>9.1f}{end:>13.1f}{seconds:>10.0f}{ratio:>12}{spread:>14}")
     print(f"{args.models[0]} fast/stock images/s: x{ratios[args.models[0]]:.2f}")
 
 

@@ -11,8 +11,8 @@ from ultralytics.nn.modules import DWConv
 
 from spayolo.registry import register_layer
 
-__all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "channels_last", "classify_output", "keep_channels_last",
-           "same_width")
+__all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "channels_last", "classify_output", "in_layout_of",
+           "keep_channels_last", "same_width")
 
 
 def same_width(block: str, c1: int, c2: int | None) -> int:
@@ -100,7 +100,7 @@ class PaddedDWConv(DWConv):
             index, ho, wo = _tap_index(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, x.device)
             taps = F.pad(conv.weight.flatten(1), (0, 1))  # (C, kh * kw + 1): the last tap is the padding's zero
             y = torch.einsum("coi,bci->bco", taps[:, index], keep_channels_last(x).flatten(2)).unflatten(2, (ho, wo))
-            y = y.contiguous(memory_format=torch.channels_last) if channels_last(x) else y
+            y = in_layout_of(x, y)
             return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
         ph, pw = conv.padding
         return F.conv2d(F.pad(x, (pw, pw, ph, ph)), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
@@ -113,6 +113,11 @@ def channels_last(x: torch.Tensor) -> bool:
     one channels_last and one contiguous operand falls off oneDNN's fast path (3-5x slower in bf16 on a CPU).
     """
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def in_layout_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` made channels_last where ``x`` is (see :func:`channels_last`), else ``y`` as it is."""
+    return y.contiguous(memory_format=torch.channels_last) if channels_last(x) else y
 
 
 class _ChannelsLastGradient(torch.autograd.Function):

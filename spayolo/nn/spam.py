@@ -11,7 +11,7 @@ from ultralytics.nn.modules import Conv
 
 from spayolo.registry import register_block, register_layer
 
-from .common import PaddedDWConv, SEGate, channels_last, keep_channels_last, same_width
+from .common import PaddedDWConv, SEGate, in_layout_of, keep_channels_last, same_width
 
 __all__ = ("FEP", "GAM", "HRM", "SPAM", "real_dft2")
 
@@ -52,11 +52,10 @@ def real_dft2(x: torch.Tensor) -> torch.Tensor:
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed per exported image size; the basis becomes a constant
     if h * w <= _ONE_MATRIX_AREA:
-        y = (x.flatten(-2) @ _dft2_matrix(h, w, x.device, x.dtype)).view_as(x)
-        return y.contiguous(memory_format=torch.channels_last) if channels_last(x) else y
+        return in_layout_of(x, (x.flatten(-2) @ _dft2_matrix(h, w, x.device, x.dtype)).view_as(x))
     cos_h, sin_h = _dft_basis(h, x.device, x.dtype)
     cos_w, sin_w = (cos_h, sin_h) if w == h else _dft_basis(w, x.device, x.dtype)
-    return (cos_h @ x @ cos_w - sin_h @ x @ sin_w) / math.sqrt(h * w)
+    return in_layout_of(x, (cos_h @ x @ cos_w - sin_h @ x @ sin_w) / math.sqrt(h * w))
 
 
 @register_layer
