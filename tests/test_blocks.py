@@ -377,7 +377,7 @@ def naive_routing(head: CapsuleHead, x: torch.Tensor) -> torch.Tensor:
         logit = torch.zeros(u_hat.shape[:2])
         for r in range(head.iters):
             c = logit.softmax(1)
-            v = squash((c[..., None] * u_hat).sum(0))
+            v = squash((c[..., None] * u_hat).sum(0) * head.nc / len(u_hat))  # mean over each class's share
             logit = logit + (u_hat * v).sum(-1)
         lengths.append(v.norm(dim=-1))
     return head.scale * torch.stack(lengths)
@@ -397,6 +397,29 @@ def test_capsule_head():
     assert torch.isfinite(head.weight.grad).all() and head.scale.grad is not None
     probs, raw = head.eval()(x)
     torch.testing.assert_close(probs, raw.softmax(1))
+
+
+def test_capsule_head_scores_do_not_grow_with_the_feature_map():
+    """Class capsules average their predictions: the same face features at 2x2 or 8x8 positions score the same.
+
+    Summed instead (Sabour et al.'s 1,152 MNIST capsules), a 64 px face's 128 agreeing predictions saturated every
+    class length near 1, where squash has no gradient, and wamf-yolo-n trained to the majority class only.
+    """
+    torch.manual_seed(0)
+    head = CapsuleHead(16, 7).eval()
+    features = torch.randn(1, 16, 1, 1)
+    _, small = head(features.expand(1, 16, 2, 2))
+    _, large = head(features.expand(1, 16, 8, 8))
+    torch.testing.assert_close(small, large)
+
+
+def test_capsule_head_routes_in_fp32_under_bf16_autocast():
+    head = CapsuleHead(16, 7, types=4).train()
+    x = torch.randn(2, 16, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(x.bfloat16())
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, head(x.bfloat16().float()), atol=1e-5, rtol=1e-4)
 
 
 # --- MSFF

@@ -93,7 +93,11 @@ class CapsuleHead(nn.Module):
 
     Primary capsules: a 1x1 conv gives ``types`` capsules of ``dim`` values at every position (squashed); each type has
     its own transform to every class capsule (shared over positions, so any input size works). Routing runs ``iters``
-    (3) rounds of softmax-over-classes coupling, squash and agreement update. Scores: the class-capsule lengths lie in
+    (3) rounds of softmax-over-classes coupling, squash and agreement update. The N predictions (N = positions x types:
+    128 at 64 px, 1,568 at 224 px) enter a class capsule's input scaled by nc / N, a mean over its share of them instead
+    of their sum (agreement still uses them unscaled): summed, 128 agreeing predictions pushed every class length to ~1 within an epoch, where squash's
+    gradient vanishes and training stalled at the majority class. Routing runs in fp32 under autocast (its squash
+    and softmax compare near-equal lengths). Scores: the class-capsule lengths lie in
     [0, 1), so the logits are ``scale * length`` with a learned ``scale`` (initial 10) and the head is trained with
     Ultralytics' cross-entropy instead of the margin loss; softmax and top-1/top-5 then rank classes by capsule length.
     Behaves like ``Classify``: logits in training, (probs, logits) in eval, probs when exported. There is no
@@ -122,13 +126,19 @@ class CapsuleHead(nn.Module):
     def forward(self, x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | tuple:
         if isinstance(x, list):
             x = torch.cat(x, 1)
+        with torch.autocast(x.device.type, enabled=False):
+            v = self.class_capsules(x.to(self.primary.weight.dtype))
+        return classify_output(self, self.scale * torch.sqrt((v * v).sum(-1) + 1e-8))
+
+    def class_capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, c1, H, W) features -> (B, nc, out_dim) class capsules after dynamic routing."""
         b = x.shape[0]
         u = self.primary(x).flatten(2).transpose(1, 2).reshape(b, -1, self.types, 1, self.dim)  # (B, HW, T, 1, D)
-        u_hat = (squash(u) @ self.weight).reshape(b, -1, self.nc, self.out_dim)  # (B, HW*T, nc, D_out)
+        u_hat = (squash(u) @ self.weight).reshape(b, -1, self.nc, self.out_dim)  # (B, N = HW*T, nc, D_out)
+        share = self.nc / u_hat.shape[1]  # uniform coupling gives each class N / nc predictions
         logits_b = torch.zeros_like(u_hat[..., 0])
         for i in range(self.iters):
-            coupling = logits_b.softmax(2)
-            v = squash((coupling.unsqueeze(-1) * u_hat).sum(1))  # (B, nc, D_out)
+            v = squash(share * (logits_b.softmax(2).unsqueeze(-1) * u_hat).sum(1))  # (B, nc, D_out)
             if i < self.iters - 1:
                 logits_b = logits_b + (u_hat * v.unsqueeze(1)).sum(-1)
-        return classify_output(self, self.scale * torch.sqrt((v * v).sum(-1) + 1e-8))
+        return v
