@@ -140,6 +140,27 @@ def test_pooled_heads_get_channels_last_gradients_of_the_same_values():
     torch.testing.assert_close(hooked, plain)
 
 
+
+def test_pointwise_convs_as_matmul_keep_values_gradients_and_layout():
+    from ultralytics.nn.modules import C2f, Classify, Conv
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv(3, 8, 3), C2f(8, 8, 1), Classify(8, 5)).train().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = net(x)
+    plain = torch.autograd.grad(y.square().sum(), [x, *net.parameters()])
+    fer_trainer.pointwise_convs_as_matmul(net)
+    assert sum(isinstance(m, fer_trainer.PointwiseMatmul) for m in net.modules()) == 3  # C2f cv1, cv2; head conv
+    assert isinstance(net[0].conv, torch.nn.Conv2d) and not isinstance(net[0].conv, fer_trainer.PointwiseMatmul)
+    outputs = []
+    net[1].cv1.conv.register_forward_hook(lambda m, i, o: outputs.append(o))
+    matmul_y = net(x)
+    torch.testing.assert_close(matmul_y, y)
+    assert outputs[0].is_contiguous(memory_format=torch.channels_last)
+    for ours, theirs in zip(torch.autograd.grad(matmul_y.square().sum(), [x, *net.parameters()]), plain):
+        torch.testing.assert_close(ours, theirs)
+    assert net(x.contiguous()).shape == y.shape  # a contiguous map takes the convolution
+
 def test_mixed_images_and_targets_agree():
     value = torch.tensor([0.1, 0.5, 0.9])
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -188,6 +209,9 @@ def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkey
     assert set(seen) == {torch.bfloat16 if native else torch.float32}
     assert yolo.trainer.model.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(group["fused"] for group in yolo.trainer.optimizer.param_groups)  # AdamW's fused CPU kernel
+    assert any(isinstance(m, fer_trainer.PointwiseMatmul) for m in yolo.trainer.model.modules())
+    for saved in (yolo.trainer.ema.ema, yolo.model):  # the EMA and the best.pt that YOLO loads after training
+        assert not any(isinstance(m, fer_trainer.PointwiseMatmul) for m in saved.modules())
 
 
 @pytest.mark.slow
@@ -200,6 +224,7 @@ def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path):
     assert set(seen) == {torch.float32}
     assert type(yolo.trainer.train_loader).__name__ == "InfiniteDataLoader"
     assert not any(group["fused"] for group in yolo.trainer.optimizer.param_groups)
+    assert not any(isinstance(m, fer_trainer.PointwiseMatmul) for m in yolo.trainer.model.modules())
 
 
 @pytest.mark.parametrize("ema", [True, False])

@@ -19,7 +19,8 @@ Switched on by stock arguments, each documented in the README:
   ``imgsz=48`` trains at FER2013's native size; the stock trainer would train it at 64.
 - With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
   (``NUM_THREADS = cores - 1``) and then trains with none (``workers=0`` on CPU), so a 2-core machine used one. Adam
-  and AdamW take PyTorch's fused CPU kernel there, and global pools hand back channels_last gradients.
+  and AdamW take PyTorch's fused CPU kernel there, global pools hand back channels_last gradients, and the training
+  model's 1x1 convolutions run as the matrix products they are (:func:`pointwise_convs_as_matmul`).
 
 Every run also writes ``weights/last.state.pt`` beside ``last.pt``: the fp32 model, EMA and optimizer state that
 the stock fp16 checkpoint rounds, so ``resume=True`` continues exactly where the run stopped (when no gradient
@@ -40,7 +41,7 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.patches import override_configs
 from ultralytics.utils.torch_utils import unwrap_model
 
-from spayolo.nn.common import keep_channels_last
+from spayolo.nn.common import channels_last, keep_channels_last
 
 from .augment import BatchAugment, mix_batch
 from .classify import FERValidator, classifier_imgsz_rule
@@ -48,7 +49,8 @@ from .distill import load_teacher
 from .loss import DistillationLoss, SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
 
-__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "keep_pool_gradients_channels_last", "usable_cores")
+__all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "keep_pool_gradients_channels_last",
+           "pointwise_convs_as_matmul", "usable_cores")
 
 STATE_FILE = "last.state.pt"
 
@@ -79,6 +81,30 @@ def keep_pool_gradients_channels_last(model: torch.nn.Module) -> None:
         if isinstance(module, torch.nn.AdaptiveAvgPool2d):
             module.register_forward_pre_hook(_keep_input_channels_last)
 
+
+
+class PointwiseMatmul(torch.nn.Conv2d):
+    """A 1x1 convolution that computes a channels_last map as the matrix product it is, (B*H*W, c1) @ (c1, c2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not channels_last(x):
+            return super().forward(x)
+        b, _, h, w = x.shape
+        y = F.linear(x.permute(0, 2, 3, 1).flatten(0, 2), self.weight.flatten(1), self.bias)  # a view, no copy
+        return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def pointwise_convs_as_matmul(model: torch.nn.Module) -> None:
+    """Run the 1x1 convolutions of a channels_last training model as matrix products: same weights, same values.
+
+    oneDNN's bf16 convolution backward is several times its forward on the 2-8 px maps of a 64 px face, a GEMM's is
+    not: a spayolo-n training step on a 2-core CPU, 88 -> 85 ms (yolov8n-cls 54 -> 53). Only the model being trained
+    changes class; the EMA that checkpoints save is copied before, so checkpoints hold plain ``Conv2d`` layers.
+    """
+    for module in model.modules():
+        if (type(module) is torch.nn.Conv2d and module.kernel_size == (1, 1) and module.stride == (1, 1)
+                and module.padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1):
+            module.__class__ = PointwiseMatmul
 
 def _seed_loader_epoch(trainer) -> None:
     if isinstance(trainer.train_loader, RamLoader):
@@ -189,6 +215,7 @@ class FERTrainer(ClassificationTrainer):
             self._memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
             keep_pool_gradients_channels_last(self.model)
+            pointwise_convs_as_matmul(self.model)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """The stock optimizer; on the CPU fast path Adam and AdamW run PyTorch's fused CPU kernel, the same update
