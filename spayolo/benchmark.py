@@ -165,8 +165,8 @@ def measure_pipeline(args) -> None:
               f"{t['classify']:>13.1f}")
 
 
-# The README recipe's augmentation and optimizer; both paths get the same arguments but these.
-RECIPE = {"optimizer": "Adan", "lr0": 1e-3, "warmup_epochs": 0, "fliplr": 0.5, "flipud": 0.0, "scale": 0.2,
+# The README recipes' augmentation; both paths get the same arguments but these, and the optimizer of --optimizer.
+RECIPE = {"lr0": 1e-3, "warmup_epochs": 0, "fliplr": 0.5, "flipud": 0.0, "scale": 0.2,
           "degrees": 10, "erasing": 0.3, "auto_augment": None, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.3}
 TRAIN_PATHS = {"stock": {"cache": False, "amp": False}, "fast": {"cache": "ram", "amp": True}}
 WARMUP_BATCHES = 3
@@ -185,7 +185,8 @@ def train_images(data: str) -> int:
     return count
 
 
-def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int, device: str, path: dict) -> dict:
+def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int, device: str, path: dict,
+                     optimizer: str = "AdamW") -> dict:
     """Train ``batches`` batches of one epoch through ``YOLO.train``; time the steady batches and the epoch's end.
 
     Returns images/s over the batches after the first few, and the seconds from the last batch to the end of the
@@ -204,7 +205,8 @@ def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int
     try:
         with tempfile.TemporaryDirectory() as tmp:
             yolo.train(data=data, imgsz=imgsz, epochs=1, batch=batch, fraction=batches * batch, device=device,
-                       project=tmp, name="run", plots=False, seed=0, verbose=False, **RECIPE, **path)
+                       project=tmp, name="run", plots=False, seed=0, verbose=False, optimizer=optimizer, **RECIPE,
+                       **path)
     finally:
         LOGGER.setLevel(level)
     stamps = marks["batches"][min(WARMUP_BATCHES, len(marks["batches"]) - 2):]
@@ -231,9 +233,9 @@ def benchmark_training(args) -> None:
             labels = list(TRAIN_PATHS) if round_index % 2 == 0 else list(reversed(TRAIN_PATHS))
             for label in labels:
                 runs[name, label].append(measure_training(name, args.data, args.imgsz, args.batch, args.batches,
-                                                          args.device, TRAIN_PATHS[label]))
+                                                          args.device, TRAIN_PATHS[label], args.optimizer))
     print(f"training: device={args.device} imgsz={args.imgsz} batch={args.batch} batches={args.batches} "
-          f"rounds={args.rounds} cores={usable_cores()} "
+          f"rounds={args.rounds} optimizer={args.optimizer} cores={usable_cores()} "
           f"native bf16={cpu_has_native_bf16()} epoch={epoch_images} images ({args.data})")
     print(f"{'model':<18}{'path':<7}{'img/s':>9}{'epoch end s':>13}{'s/epoch':>10}{'fast/stock':>12}{'range':>14}")
     ratios = {}
@@ -268,6 +270,8 @@ def main(argv=None):
     parser.add_argument("--data", default="fer2013.yaml", help="training: image folder or dataset name")
     parser.add_argument("--batches", type=int, default=60, help="training: batches per path, model and round")
     parser.add_argument("--rounds", type=int, default=3, help="training: alternating stock/fast rounds")
+    parser.add_argument("--optimizer", default="AdamW",
+                        help="training: AdamW (the shipped default's recipe) or Adan (the paper's), SGD, ...")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,12 +31,12 @@ def test_training_table_ends_with_the_measured_ratio(tmp_path, capsys):
 
     data = write_image_folder(tmp_path / "faces", per_class=8)
     benchmark.main(["--train", "--models", "spayolo-n", "--imgsz", "32", "--batch", "2", "--batches", "6",
-                    "--rounds", "2", "--data", str(data)])
+                    "--rounds", "2", "--data", str(data), "--optimizer", "Adan"])
     lines = capsys.readouterr().out.splitlines()
     table = [line.split() for line in lines if line.split()[1:2] in (["stock"], ["fast"])]
     assert [row[:2] for row in table] == [["yolov8n-cls", "stock"], ["yolov8n-cls", "fast"], ["spayolo-n", "stock"],
                                           ["spayolo-n", "fast"]]
-    assert "epoch=16 images" in " ".join(lines) and "rounds=2" in " ".join(lines)
+    assert "epoch=16 images" in " ".join(lines) and "rounds=2 optimizer=Adan" in " ".join(lines)
     last = re.fullmatch(r"spayolo-n fast/stock images/s: x([\d.]+)", lines[-1])
     assert last, lines[-1]
     assert table[3][5] == f"x{last[1]}"  # the last line repeats the table's median ratio of the paired rounds
