@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +214,36 @@ def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkey
     assert any(isinstance(m, fer_trainer.PointwiseMatmul) for m in yolo.trainer.model.modules())
     for saved in (yolo.trainer.ema.ema, yolo.model):  # the EMA and the best.pt that YOLO loads after training
         assert not any(isinstance(m, fer_trainer.PointwiseMatmul) for m in saved.modules())
+
+
+@pytest.mark.slow
+def test_fast_path_sgd_is_fused_and_takes_the_stock_step(tiny_dataset, tmp_path):
+    """The shipped default's SGD (Nesterov momentum, per-group weight decay) runs fused on the fast path, and a
+    fused step from the trained state moves every parameter as PyTorch's per-tensor SGD does."""
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolov8n-cls.yaml")
+    yolo.train(data=str(tiny_dataset), epochs=1, cache="ram", project=str(tmp_path), name="r",
+               **{**TINY, "optimizer": "SGD", "lr0": 0.01})
+    fused = yolo.trainer.optimizer
+    assert all(group["fused"] and group["nesterov"] for group in fused.param_groups)
+    assert any(group["weight_decay"] > 0 for group in fused.param_groups)
+
+    params = [p for group in fused.param_groups for p in group["params"]]
+    copies = [[p.detach().clone().requires_grad_() for p in group["params"]] for group in fused.param_groups]
+    reference = torch.optim.SGD([{"params": group} for group in copies], lr=0.01)
+    reference.load_state_dict(deepcopy(fused.state_dict()))  # hyperparameters and (copied) momentum buffers
+    copies = [c for group in copies for c in group]
+    for group in reference.param_groups:
+        group.update(fused=False, foreach=False)
+    torch.manual_seed(0)
+    for p, c in zip(params, copies):
+        p.grad = torch.randn_like(p)
+        c.grad = p.grad.clone()
+    fused.step()
+    reference.step()
+    for p, c in zip(params, copies):
+        torch.testing.assert_close(p, c)
 
 
 @pytest.mark.slow
