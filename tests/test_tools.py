@@ -26,6 +26,7 @@ from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hop
                       yolo_cli)
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
+from spayolo.apps.live import StopSignals, Stopped
 from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
 from spayolo.apps.kfold import fold_roots, parse_overrides
 from spayolo.apps.overlay import COLOURS, draw
@@ -251,6 +252,24 @@ def _default_sigint():
     """Give the child Ctrl-C's default action: a shell that starts the suite in the background (`&`, nohup) makes its
     children ignore SIGINT, and Python then never raises KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Stopped)])
+def test_a_stop_while_a_frame_is_written_waits_for_both_outputs(signum, stop):
+    written = []
+    with StopSignals() as signals:
+        with pytest.raises(stop):
+            with signals.deferred():
+                written.append("json line")
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # the handler runs here, between the two writes
+                written.append("video frame")
+        assert written == ["json line", "video frame"]
+        with pytest.raises(stop):  # outside a write it stops at once
+            os.kill(os.getpid(), signum)
+            time.sleep(1)
+            written.append("never")
+    assert written == ["json line", "video frame"] and signal.getsignal(signal.SIGTERM) is not signals._handler
 
 
 @pytest.mark.slow

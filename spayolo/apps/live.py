@@ -28,7 +28,7 @@ from spayolo.apps.demo import DEMO, make_demo
 from spayolo.apps.overlay import draw
 from spayolo.sources import FrameSource, StreamError, open_source
 
-__all__ = ("JsonSink", "Stopped", "VideoSink", "display_available", "main")
+__all__ = ("JsonSink", "StopSignals", "Stopped", "VideoSink", "display_available", "main")
 
 CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 MAX_SIDE = 4096  # a folder holding one huge photo must not make every frame of the video that large
@@ -38,18 +38,45 @@ class Stopped(KeyboardInterrupt):
     """SIGTERM turned into the same clean stop as Ctrl-C (timeout, kill and docker stop send it)."""
 
 
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """Raise Stopped in the main thread on SIGTERM for the duration of the block."""
+class StopSignals:
+    """Ctrl-C and SIGTERM stop the run at once, except while a frame's outputs are being written: then right after.
 
-    def handler(signum, frame):
-        raise Stopped
+    A stop between writing a frame's JSON line and its video frame would leave the two files a frame apart.
+    """
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self):
+        self.writing, self.pending, self.previous = False, None, {}
+
+    def __enter__(self) -> StopSignals:
+        # a signal the parent set to be ignored (a shell's `&` does so for Ctrl-C) stays ignored
+        self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
+                         if signal.getsignal(s) is not signal.SIG_IGN}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _handler(self, signum, frame) -> None:
+        if self.writing:
+            self.pending = signum
+        else:
+            self._stop(signum)
+
+    @staticmethod
+    def _stop(signum: int) -> None:
+        raise Stopped if signum == signal.SIGTERM else KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold a stop until the block is done."""
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.pending is not None:
+            self._stop(self.pending)
 
 
 def display_available() -> bool:
@@ -247,17 +274,18 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
         bar = TQDM(total=source.total, desc=Path(source.name).name, unit="frame")
     tic = time.perf_counter()
     try:
-        with stop_on_sigterm():
+        with StopSignals() as signals:
             for i, frame, faces in fer.stream(source):
                 now = time.perf_counter()
                 fps = 0.9 * fps + 0.1 / max(now - tic, 1e-6) if i else 1 / max(now - tic, 1e-6)
-                if records:
-                    record = {"frame": i, "time": round(now - t0, 3)}
-                    record.update({"file": source.current} if source.current else {})
-                    records.write({**record, "faces": [f.to_dict() for f in faces]})
+                record = {"frame": i, "time": round(now - t0, 3)}
+                record.update({"file": source.current} if source.current else {})
                 vis = draw(frame, faces, fps)
-                if video:
-                    video.write(vis)
+                with signals.deferred():
+                    if records:
+                        records.write({**record, "faces": [f.to_dict() for f in faces]})
+                    if video:
+                        video.write(vis)
                 if bar:
                     bar.update(1)
                 if show:
