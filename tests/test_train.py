@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, identity_images
+from conftest import TINY, identity_images, write_image_folder
 from spayolo.engine import trainer as fer_trainer
 from spayolo.engine.augment import BatchAugment, mix_batch
 from spayolo.engine.loss import SmoothCrossEntropy
@@ -268,6 +268,30 @@ def test_ema_false_validates_the_trained_weights(tiny_dataset, tmp_path, ema):
     model, average = yolo.trainer.model.state_dict(), yolo.trainer.ema.ema.state_dict()
     same = all(torch.equal(model[k].float(), v.float()) for k, v in average.items() if v.dtype.is_floating_point)
     assert same is not ema
+
+
+def test_fine_tuning_matches_the_pretrained_head_rows_by_class_name(tmp_path, tiny_ckpt):
+    from ultralytics import YOLO
+
+    source = YOLO(tiny_ckpt).model  # angry, disgust, fear, happy, sad, surprise, neutral
+    torch.manual_seed(0)
+    for p in source.model[-1].linear.parameters():
+        torch.nn.init.normal_(p)
+    ckpt = tmp_path / "fer.pt"
+    torch.save({"model": source, "train_args": {"imgsz": 32, "task": "classify"}}, ckpt)
+    ckplus = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
+    data = write_image_folder(tmp_path / "ckplus", classes=ckplus, per_class=1)
+    heads = []
+    yolo = YOLO(ckpt)
+    yolo.add_callback("on_pretrain_routine_end", lambda t: heads.append(deepcopy(t.model.model[-1].linear.state_dict())))
+    yolo.train(data=str(data), epochs=1, project=str(tmp_path), name="r", **TINY)
+    head, pretrained = heads[0], source.model[-1].linear
+    for new, old in zip(ckplus, (0, None, 1, 2, 3, 4, 5)):
+        if old is None:  # contempt: no FER2013 row, an even start
+            assert not head["weight"][1].any() and head["bias"][1] == pretrained.bias.mean()
+        else:
+            assert torch.equal(head["weight"][ckplus.index(new)], pretrained.weight[old]), new
+    assert yolo.trainer.model.names == dict(enumerate(ckplus))
 
 
 def final_state(trainer) -> dict:

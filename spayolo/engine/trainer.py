@@ -48,6 +48,7 @@ from .classify import FERValidator, classifier_imgsz_rule
 from .distill import load_teacher
 from .loss import DistillationLoss, SmoothCrossEntropy
 from .ramdata import RamImages, RamLoader
+from .transfer import align_head
 
 __all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "keep_pool_gradients_channels_last",
            "pointwise_convs_as_matmul", "usable_cores")
@@ -157,6 +158,15 @@ class FERTrainer(ClassificationTrainer):
         else:
             unwrap_model(self.model).transforms = dataset.torch_transforms  # what predict() applies, as stock
         return RamLoader(data, dataset, batch_size, shuffle=train, seed=self.args.seed, raw=train, extras=extras)
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        """The stock model; a pretrained head's rows follow this dataset's class names (:func:`align_head`)."""
+        model = super().get_model(cfg, weights, verbose)
+        if weights is not None and self.args.pretrained is not False and not self.resume:
+            matched = align_head(model, weights, self.data["names"])
+            if matched:
+                LOGGER.info(f"{colorstr('classes:')} pretrained head rows matched by name: {matched}")
+        return model
 
     def set_model_attributes(self):
         """Stock class names, and the loss that knows label smoothing, mixed labels and a teacher."""
