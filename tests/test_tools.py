@@ -68,7 +68,8 @@ def test_tools_are_thin_wrappers_of_the_command():
 
 @pytest.mark.slow
 def test_python_m_spayolo_and_tool_scripts_run(tmp_path):
-    r = run_cli([sys.executable, "-m", "spayolo", "prepare", "fer2013"], cwd=tmp_path, timeout=120)
+    r = run_cli([sys.executable, "-m", "spayolo", "prepare", "fer2013"], cwd=tmp_path, timeout=120,
+                env={"SPAYOLO_DATASETS": str(tmp_path / "datasets")})  # not the user's prepared copy
     assert r.returncode == 2 and r.stderr.startswith("spayolo prepare: say where the raw data is"), r.stderr
     r = run_cli([sys.executable, str(REPO / "tools" / "live.py"), "--min-face", "0"], cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "argument --min-face: 0 is not a positive number" in r.stderr, r.stderr
