@@ -26,9 +26,9 @@ from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hop
                       yolo_cli)
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
-from spayolo.apps.live import StopSignals, Stopped
 from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
 from spayolo.apps.kfold import fold_roots, parse_overrides
+from spayolo.apps.live import StopSignals, Stopped
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.checkpoints import training_state
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset

@@ -283,7 +283,8 @@ def test_fine_tuning_matches_the_pretrained_head_rows_by_class_name(tmp_path, ti
     data = write_image_folder(tmp_path / "ckplus", classes=ckplus, per_class=1)
     heads = []
     yolo = YOLO(ckpt)
-    yolo.add_callback("on_pretrain_routine_end", lambda t: heads.append(deepcopy(t.model.model[-1].linear.state_dict())))
+    before_training = lambda t: heads.append(deepcopy(t.model.model[-1].linear.state_dict()))  # noqa: E731
+    yolo.add_callback("on_pretrain_routine_end", before_training)
     yolo.train(data=str(data), epochs=1, project=str(tmp_path), name="r", **TINY)
     head, pretrained = heads[0], source.model[-1].linear
     for new, old in zip(ckplus, (0, None, 1, 2, 3, 4, 5)):

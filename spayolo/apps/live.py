@@ -278,12 +278,14 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
             for i, frame, faces in fer.stream(source):
                 now = time.perf_counter()
                 fps = 0.9 * fps + 0.1 / max(now - tic, 1e-6) if i else 1 / max(now - tic, 1e-6)
-                record = {"frame": i, "time": round(now - t0, 3)}
-                record.update({"file": source.current} if source.current else {})
+                if records:
+                    record = {"frame": i, "time": round(now - t0, 3)}
+                    record.update({"file": source.current} if source.current else {})
+                    record["faces"] = [f.to_dict() for f in faces]
                 vis = draw(frame, faces, fps)
-                with signals.deferred():
+                with signals.deferred():  # both outputs get this frame, or neither
                     if records:
-                        records.write({**record, "faces": [f.to_dict() for f in faces]})
+                        records.write(record)
                     if video:
                         video.write(vis)
                 if bar:
