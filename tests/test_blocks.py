@@ -20,7 +20,7 @@ from spayolo.nn.common import PaddedDWConv, _tap_index
 from spayolo.nn.fermam import ASFR, SS2D, ConvSSM, cross_merge, cross_scan
 from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from spayolo.nn.msff import BFEU, FFM, MSFFModule
-from spayolo.nn.scan import _cuda_kernel, random_scan_inputs, selective_scan, selective_scan_chunked
+from spayolo.nn.scan import _cuda_kernel, random_scan_inputs, selective_scan, selective_scan_torch
 from spayolo.nn.spam import FEP, GAM, SPAM, _dft2_matrix, _dft_basis, real_dft2
 from spayolo.nn.wamf import MF, WA, CapsuleHead, squash
 
@@ -510,29 +510,23 @@ def reference_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
 @pytest.mark.parametrize("groups", [1, 4])
 def test_scan_matches_sequential_reference(length, groups):
     args = random_scan_inputs(2, 8, 4, length, groups=groups, seed=length)
-    y = selective_scan_chunked(*args, delta_softplus=True, chunk_size=16)
+    y = selective_scan_torch(*args, delta_softplus=True)
     torch.testing.assert_close(y, reference_scan(*args), rtol=1e-5, atol=1e-5)
-
-
-def test_scan_chunk_size_does_not_change_result():
-    args = random_scan_inputs(1, 8, 4, 49, seed=1)
-    ys = [selective_scan_chunked(*args, delta_softplus=True, chunk_size=L) for L in (8, 32, 64)]
-    torch.testing.assert_close(ys[0], ys[1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ys[0], ys[2], rtol=1e-5, atol=1e-5)
 
 
 def test_scan_no_softplus_and_strong_decay_stay_finite():
     u, delta, A, B, C, D, bias = random_scan_inputs(1, 4, 4, 40, seed=2)
     A = A * 1e3  # decays of exp(-1e4) per step: everything beyond the current token underflows to 0, never to nan
     delta = delta.abs() + 1
-    y = selective_scan_chunked(u, delta, A, B, C, D, bias, False, 16)
+    y = selective_scan_torch(u, delta, A, B, C, D, bias, False)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, reference_scan(u, delta, A, B, C, D, bias, False), rtol=1e-5, atol=1e-5)
 
 
-def test_scan_gradients_match_reference():
-    args = [t.requires_grad_() for t in random_scan_inputs(1, 4, 4, 20, groups=2, seed=3)]
-    grads = torch.autograd.grad(selective_scan_chunked(*args, delta_softplus=True, chunk_size=8).sum(), args)
+@pytest.mark.parametrize("length", [1, 20])  # one token (a 1x1 map): A still gets its gradient, zero
+def test_scan_gradients_match_reference(length):
+    args = [t.requires_grad_() for t in random_scan_inputs(1, 4, 4, length, groups=2, seed=3)]
+    grads = torch.autograd.grad(selective_scan_torch(*args, delta_softplus=True).sum(), args)
     expected = torch.autograd.grad(reference_scan(*args).sum(), args)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
@@ -543,16 +537,16 @@ def test_scan_gradients_match_reference():
 def test_scan_cuda_half_precision(dtype, atol):
     args = random_scan_inputs(2, 64, 16, 196, groups=4, seed=4)
     expected = reference_scan(*args)
-    y = selective_scan_chunked(*(t.cuda().to(dtype) for t in args), delta_softplus=True)
+    y = selective_scan_torch(*(t.cuda().to(dtype) for t in args), delta_softplus=True)
     assert y.dtype == dtype
     torch.testing.assert_close(y.float().cpu(), expected, rtol=atol, atol=atol * expected.abs().max().item())
 
 
 @pytest.mark.skipif(not CUDA or _cuda_kernel() is None, reason="needs CUDA and mamba_ssm")
-def test_scan_cuda_kernel_agrees_with_chunked():
+def test_scan_cuda_kernel_agrees_with_pure_pytorch():
     args = [t.cuda() for t in random_scan_inputs(2, 64, 16, 196, groups=4, seed=5)]
     torch.testing.assert_close(selective_scan(*args, delta_softplus=True),
-                               selective_scan_chunked(*args, delta_softplus=True), rtol=1e-4, atol=1e-4)
+                               selective_scan_torch(*args, delta_softplus=True), rtol=1e-4, atol=1e-4)
 
 
 # --- FERMam: blocks
@@ -619,7 +613,7 @@ def test_fermam_blocks_deterministic_given_seed():
 def test_convssm_onnx_matches_torch():
     torch.manual_seed(0)
     m = ConvSSM(16, 16).eval()
-    x = torch.randn(1, 16, 10, 10)  # 100 tokens: six full chunks of 16 and a partial one
+    x = torch.randn(1, 16, 10, 10)  # 100 tokens: the traced graph unrolls the recurrence over all of them
     with torch.no_grad():
         expected = m(x)
     torch.testing.assert_close(torch.from_numpy(onnx_run(m, x)), expected, rtol=1e-4, atol=1e-4)

@@ -6,7 +6,7 @@ from .common import PaddedDWConv, SEGate, channel_shuffle, classify_output
 from .fermam import ASFR, ASR, SS2D, ConvSSM, cross_merge, cross_scan
 from .lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
 from .msff import BFEU, FFM, MSFFModule
-from .scan import selective_scan, selective_scan_chunked
+from .scan import selective_scan, selective_scan_torch
 from .spam import FEP, GAM, HRM, SPAM, real_dft2
 from .wamf import MF, WA, CapsuleHead, squash
 
@@ -39,6 +39,6 @@ __all__ = (
     "cross_scan",
     "real_dft2",
     "selective_scan",
-    "selective_scan_chunked",
+    "selective_scan_torch",
     "squash",
 )

@@ -1,4 +1,4 @@
-"""FERMam's blocks ("A lightweight dual-source and multi-scale fusion framework for FER", Sci Rep 2026): Conv-SSM, ASFR."""
+"""FERMam's blocks, Conv-SSM and ASFR ("A lightweight dual-source and multi-scale fusion framework for FER", 2026)."""
 
 from __future__ import annotations
 
@@ -50,16 +50,15 @@ class SS2D(nn.Module):
         expand (float): Inner width d = expand * c.
         directions (int): 4 (row, column and their reverses) or 2 (row and its reverse).
         gate (nn.Module): Activation of the gate branch.
-        chunk_size (int): Tokens per chunk of the pure-PyTorch scan.
     """
 
-    def __init__(self, c: int, d_state: int = 16, expand: float = 1, directions: int = 4, gate: nn.Module | None = None,
-                 chunk_size: int = 16):
+    def __init__(self, c: int, d_state: int = 16, expand: float = 1, directions: int = 4,
+                 gate: nn.Module | None = None):
         super().__init__()
         if directions not in (2, 4):
             raise ValueError(f"SS2D scans 2 or 4 directions, got {directions}")
         d, k = int(expand * c), directions
-        self.d, self.k, self.n, self.r, self.chunk_size = d, k, d_state, math.ceil(c / 16), chunk_size
+        self.d, self.k, self.n, self.r = d, k, d_state, math.ceil(c / 16)
         self.in_proj = nn.Conv2d(c, 2 * d, 1, bias=False)  # x and the gate z
         self.dw = nn.Conv2d(d, d, 3, padding=1, groups=d)
         self.act = nn.SiLU()
@@ -80,7 +79,7 @@ class SS2D(nn.Module):
         xs = cross_scan(self.act(self.dw(x)), self.k).reshape(b, self.k * self.d, h * w)
         dt, B, C = self.x_proj(xs).view(b, self.k, -1, h * w).split([self.r, self.n, self.n], 2)
         dt = self.dt_proj(dt.reshape(b, self.k * self.r, h * w))
-        y = selective_scan(xs, dt, -self.A_log.exp(), B, C, self.D, self.dt_bias, True, self.chunk_size)
+        y = selective_scan(xs, dt, -self.A_log.exp(), B, C, self.D, self.dt_bias, True)
         y = cross_merge(y.view(b, self.k, self.d, h * w), h, w)
         y = self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.out_proj(y * self.gate(z))
@@ -122,7 +121,7 @@ class ConvSSM(nn.Module):
 
 @register_layer
 class ASR(nn.Module):
-    """Adaptive state-space refinement of one pyramid level: 1x1 + depthwise 3x3 Conv, then y + SS2D(y) gated by sigmoid.
+    """Adaptive state-space refinement of a pyramid level: 1x1 + depthwise 3x3 Conv, then y + SS2D(y) gated by sigmoid.
 
     The scan is streamlined: two directions (row-major and its reverse) and a small state.
     """
@@ -139,7 +138,7 @@ class ASR(nn.Module):
 
 @register_block("same")
 class ASFR(nn.Module):
-    """ASFR pyramid: the input average-pooled by each factor, refined by an :class:`ASR`, upsampled, fused by 1x1, residual.
+    """ASFR pyramid: the input average-pooled per factor, refined by an :class:`ASR`, upsampled, fused by 1x1, residual.
 
     Decisions where the paper is open:
     - Factors (1, 2, 4) with a floor pooling window clipped to the map, so a 2x2 map still has three levels; each

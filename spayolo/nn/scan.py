@@ -1,12 +1,11 @@
-"""Selective scan (Mamba S6, Gu & Dao 2023, Alg. 2) in chunked pure PyTorch, with mamba_ssm's CUDA kernel when present.
+"""Selective scan (Mamba S6, Gu & Dao 2023, Alg. 2): a pure-PyTorch recurrence, or mamba_ssm's CUDA kernel when present.
 
-The recurrence, per channel d and state n, is h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t and y_t = C_t h_t + D u_t.
-Within a chunk of length L it unrolls to h_t = exp(S_t) h_0 + sum_{s<=t} exp(S_t - S_s) dt_s B_s u_s, S the cumulative
-sum of the log-decays dt A <= 0, i.e. a masked (L x L) decay matrix times the inputs plus the carried state. Only the
-chunks are looped over, so the traced/ONNX graph has ceil(T / L) copies of a handful of ops (49..784 tokens, 4..49
-chunks at L=16), and every op is a stock one (CumSum, Where, Exp, MatMul).
-The decay matrix costs d n L per token, so the chunk length trades CPU time (L=32 ran 2-10x slower than L=16 at 196
-tokens) against graph size.
+The recurrence, per channel d and state n, is h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t and y_t = C_t h_t + D u_t. The
+decays and inputs of all tokens are computed in a few whole-tensor ops; only the two-op update of h is looped over the
+T tokens, in time-major layout so that each step reads and writes one contiguous slice. That costs d n per token,
+where a chunked form (a masked L x L decay matrix per chunk, as in Mamba-2's SSD) costs d n L: on a 2-core CPU the loop
+trains 7-13x faster than chunks of 16 at the 4-16 tokens of a 64 px input, 2x at 196 tokens, and runs batch-1 inference
+7x faster at 196 tokens. The traced/ONNX graph holds T copies of the update (Mul, Add), every op a stock one.
 
 Precision: the scan always runs in float32, whatever the input dtype or autocast, and its output is cast back. Under
 float16/bfloat16 the error versus a float32 reference is therefore the rounding of the inputs and outputs only: expect
@@ -20,7 +19,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ("random_scan_inputs", "selective_scan", "selective_scan_chunked")
+__all__ = ("random_scan_inputs", "selective_scan", "selective_scan_torch")
 
 
 @lru_cache(maxsize=1)
@@ -33,21 +32,8 @@ def _cuda_kernel():
     return selective_scan_fn
 
 
-def _segsum(a: torch.Tensor) -> torch.Tensor:
-    """(..., L) log-decays -> (..., L, L) with [t, s] = sum_{s<k<=t} a_k for s <= t and -inf above the diagonal.
-
-    Each entry is a direct sum of the a_k between s and t (a cumsum of a masked copy), not a difference of two running
-    sums, so it neither loses precision when S_t is large nor can it become positive; the -inf mask goes in before exp.
-    """
-    length = a.shape[-1]
-    lower = torch.ones(length, length, dtype=torch.bool, device=a.device).tril()
-    strict = lower.tril(-1)
-    terms = a.unsqueeze(-1).expand(*a.shape, length).masked_fill(~strict, 0.0)  # [t, s] = a_t for t > s
-    return terms.cumsum(-2).masked_fill(~lower, float("-inf"))
-
-
-def selective_scan_chunked(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, chunk_size=16):
-    """Chunked pure-PyTorch selective scan; same arguments (typed there) and result as :func:`selective_scan`."""
+def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """Pure-PyTorch selective scan, token by token; the arguments and result of :func:`selective_scan`."""
     dtype, (b, d, length) = u.dtype, u.shape
     with torch.autocast(u.device.type, enabled=False):
         u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
@@ -58,18 +44,17 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, delta_bias=None, delta_sof
         if B.dim() == 3:  # one B and C shared by all channels
             B, C = B.unsqueeze(1), C.unsqueeze(1)
         g, n = B.shape[1:3]
-        # Layout (batch, group, channel-in-group, state, time): channels of group i read B[:, i] and C[:, i].
-        log_decay = delta.view(b, g, d // g, 1, length) * A.view(g, d // g, n, 1)
-        inputs = (delta * u).view(b, g, d // g, 1, length) * B.unsqueeze(2)
-        state = inputs.new_zeros(inputs.shape[:-1])
-        ys = []
-        for start in range(0, length, chunk_size):
-            a = log_decay[..., start : start + chunk_size]
-            h = (_segsum(a).exp() @ inputs[..., start : start + chunk_size, None]).squeeze(-1)
-            h = h + a.cumsum(-1).exp() * state.unsqueeze(-1)
-            state = h[..., -1]
-            ys.append((h * C[:, :, None, :, start : start + chunk_size]).sum(3))
-        y = torch.cat(ys, -1).view(b, d, length)
+        # Layout (time, batch, group, channel-in-group, state): channels of group i read B[:, i] and C[:, i].
+        dt = delta.view(b, g, d // g, length).permute(3, 0, 1, 2).unsqueeze(-1)
+        decay = (dt * A.view(g, d // g, n)).exp()
+        dt_u = (delta * u).view(b, g, d // g, length).permute(3, 0, 1, 2).unsqueeze(-1)
+        inputs = dt_u * B.permute(3, 0, 1, 2).unsqueeze(3)
+        state, states = torch.zeros_like(inputs[0]), []
+        for t in range(length):  # from a zero state, so that A gets a (zero) gradient even from one token
+            state = decay[t] * state + inputs[t]
+            states.append(state)
+        y = (torch.stack(states) * C.permute(3, 0, 1, 2).unsqueeze(3)).sum(-1)  # (time, batch, group, channel)
+        y = y.permute(1, 2, 3, 0).reshape(b, d, length)
         if D is not None:
             y = y + D.float()[:, None] * u
     return y.to(dtype)
@@ -84,9 +69,8 @@ def selective_scan(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = 16,
 ) -> torch.Tensor:
-    """y = S6(u): mamba_ssm's ``selective_scan_fn`` on CUDA when installed, else :func:`selective_scan_chunked`.
+    """y = S6(u): mamba_ssm's ``selective_scan_fn`` on CUDA when installed, else :func:`selective_scan_torch`.
 
     Args:
         u (torch.Tensor): Inputs, (batch, d, T).
@@ -98,7 +82,6 @@ def selective_scan(
         D (torch.Tensor, optional): Skip weights, (d,).
         delta_bias (torch.Tensor, optional): Added to delta, (d,).
         delta_softplus (bool): Apply softplus to delta (after the bias).
-        chunk_size (int): Tokens per chunk of the pure-PyTorch path.
 
     Returns:
         (torch.Tensor): Outputs, (batch, d, T), in u's dtype.
@@ -111,7 +94,7 @@ def selective_scan(
     if u.is_cuda and not torch.onnx.is_in_onnx_export() and _cuda_kernel() is not None:
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
         return _cuda_kernel()(u, delta, A.float(), B, C, D, None, delta_bias, delta_softplus)
-    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
+    return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
 def random_scan_inputs(
