@@ -45,15 +45,15 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
             B, C = B.unsqueeze(1), C.unsqueeze(1)
         g, n = B.shape[1:3]
         # Layout (time, batch, group, channel-in-group, state): channels of group i read B[:, i] and C[:, i].
+        B, C = (t.permute(3, 0, 1, 2).unsqueeze(3) for t in (B, C))
         dt = delta.view(b, g, d // g, length).permute(3, 0, 1, 2).unsqueeze(-1)
         decay = (dt * A.view(g, d // g, n)).exp()
-        dt_u = (delta * u).view(b, g, d // g, length).permute(3, 0, 1, 2).unsqueeze(-1)
-        inputs = dt_u * B.permute(3, 0, 1, 2).unsqueeze(3)
+        inputs = dt * u.view(b, g, d // g, length).permute(3, 0, 1, 2).unsqueeze(-1) * B
         state, states = torch.zeros_like(inputs[0]), []
         for t in range(length):  # from a zero state, so that A gets a (zero) gradient even from one token
             state = decay[t] * state + inputs[t]
             states.append(state)
-        y = (torch.stack(states) * C.permute(3, 0, 1, 2).unsqueeze(3)).sum(-1)  # (time, batch, group, channel)
+        y = (torch.stack(states) * C).sum(-1)  # (time, batch, group, channel)
         y = y.permute(1, 2, 3, 0).reshape(b, d, length)
         if D is not None:
             y = y + D.float()[:, None] * u
