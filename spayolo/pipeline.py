@@ -259,8 +259,8 @@ class FERPipeline:
         backend: 'onnx' (default) runs MTCNN's nets and the classifier in ONNX Runtime, about 2x faster on a CPU (a
             .pt classifier is exported in memory; CUDA provider when onnxruntime-gpu and a CUDA device are there);
             'torch' runs them in PyTorch.
-        tta: flip test-time augmentation (default on: +0.7 points top-1 on FER2013 PublicTest for the shipped
-            weights), the class probabilities of each crop averaged with its mirror image's.
+        tta: flip test-time augmentation (default on: +0.4 to +1.6 points top-1 on FER2013 PublicTest for the shipped
+            weights and its predecessors), the class probabilities of each crop averaged with its mirror image's.
         trusted: load a .pt classifier (or YOLO face detector) without the restricted allow-list; this runs any code
             the file contains, so only for files you made or trust (see spayolo.checkpoints).
     """
