@@ -11,10 +11,12 @@ import torch
 
 from conftest import PHOTOS, crafted_checkpoint, package_file, small_hopper, write_video
 from spayolo.checkpoints import CheckpointError
+from spayolo.face.align import aligned_crops
 from spayolo.face.detectors import Detections, MTCNNDetector, YOLOFaceDetector, YuNetDetector, build_detector
 from spayolo.face.mtcnn import PNet
 from spayolo.pipeline import FERPipeline, IoUTracker, box_iou
 from spayolo.sources import SourceError, StreamError
+from spayolo.tta import DEFAULT_TTA, ZOOM_FRACTION
 
 IMGSZ = 32
 
@@ -316,7 +318,7 @@ class _Symmetric(torch.nn.Module):
 def test_flip_tta_is_the_mean_of_crop_and_mirror(detector, backend):
     img = small_hopper()
     plain = FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend=backend, tta=False)
-    tta = FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend=backend)  # on by default
+    tta = FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend=backend, tta="flip")
     crops = plain.crop(img, detector([img])[0])
     expected = (plain.classifier(crops) + plain.classifier(crops.flip(-1))) / 2
     assert not torch.allclose(plain.classifier(crops), expected, atol=1e-3)  # the mirror does change the answer
@@ -324,10 +326,47 @@ def test_flip_tta_is_the_mean_of_crop_and_mirror(detector, backend):
     np.testing.assert_allclose(plain(img)[0].probs, plain.classifier(crops)[0].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_flip_zoom_tta_is_the_mean_of_four_views(detector, backend):
+    images = [small_hopper(), np.zeros((90, 120, 3), np.uint8)]  # a face, and a frame without one
+    fer = FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend=backend)  # flip+zoom by default
+    assert fer.tta == DEFAULT_TTA == "flip+zoom"
+    det = detector(images[:1])[0]
+    crop, zoomed = fer.crop(images[0], det, (1.0, ZOOM_FRACTION)).unflatten(0, (2, -1))  # views, faces
+    views = [crop, crop.flip(-1), zoomed, zoomed.flip(-1)]
+    expected = sum(fer.classifier(v) for v in views) / 4
+    flipped = (fer.classifier(crop) + fer.classifier(crop.flip(-1))) / 2
+    assert not torch.allclose(expected, flipped, atol=1e-3)  # the zoomed views do change the answer
+    faces = fer(images)
+    assert len(faces[0]) == 1 and faces[1] == []
+    np.testing.assert_allclose(faces[0][0].probs, expected[0].numpy(), atol=1e-5)
+
+
+def test_zoomed_crop_is_the_centre_of_the_crop(detector):
+    """A view of fraction 1/2 at size S samples the frame where the central half of a crop at size 2S does."""
+    img = small_hopper()
+    det = detector([img])[0]
+    whole = aligned_crops(img, det, 2 * IMGSZ, margin=0.2)
+    crop, zoomed = aligned_crops(img, det, IMGSZ, margin=0.2, fractions=(1.0, 0.5)).unflatten(0, (2, -1))
+    centre = whole[..., IMGSZ // 2 : 3 * IMGSZ // 2, IMGSZ // 2 : 3 * IMGSZ // 2]
+    assert zoomed.shape == (1, 3, IMGSZ, IMGSZ)
+    torch.testing.assert_close(crop, aligned_crops(img, det, IMGSZ, margin=0.2))  # the first view is the crop
+    # each pixel averages the same frame area (sampled 4x finer where the views share the largest one's supersampling,
+    # 3x for the crop at 2S), not a resized crop
+    assert (zoomed - centre).abs().mean() < 0.005 and (zoomed - whole[..., ::2, ::2]).abs().mean() > 0.1
+
+
+def test_tta_modes(detector):
+    assert FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend="torch", tta=True).tta == "flip"
+    assert FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend="torch", tta=False).tta == "none"
+    with pytest.raises(ValueError, match="tta must be one of none, flip, flip\\+zoom"):
+        FERPipeline(_Grid(), detector=detector, imgsz=IMGSZ, backend="torch", tta="zoom")
+
+
 def test_flip_tta_leaves_a_mirror_symmetric_model_unchanged(detector):
     img = small_hopper()
     plain = FERPipeline(_Symmetric(), detector=detector, imgsz=IMGSZ, backend="torch", tta=False)
-    tta = FERPipeline(_Symmetric(), detector=detector, imgsz=IMGSZ, backend="torch", tta=True)
+    tta = FERPipeline(_Symmetric(), detector=detector, imgsz=IMGSZ, backend="torch", tta="flip")
     np.testing.assert_allclose(tta(img)[0].probs, plain(img)[0].probs, atol=1e-6)
 
 

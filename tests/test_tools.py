@@ -20,19 +20,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
+from PIL import Image
+from ultralytics.data.augment import classify_transforms
 
 from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hopper, write_image_folder, write_video,
                       yolo_cli)
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
-from spayolo.apps.evaluate import FlipTTAValidator, evaluate, table
+from spayolo.apps.evaluate import TTAValidator, evaluate, table
 from spayolo.apps.kfold import fold_roots, parse_overrides
 from spayolo.apps.live import StopSignals, Stopped
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.checkpoints import training_state
+from spayolo.engine.classify import FERValidator
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
 from spayolo.pipeline import FERPipeline, Face
+from spayolo.tta import view_fractions
 
 TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.py")
 
@@ -82,7 +87,8 @@ def test_shared_flags_default_to_the_library():
     defaults = {k: p.default for k, p in inspect.signature(FERPipeline).parameters.items()}
     for key, value in pipeline_kwargs(parse_args([])).items():
         assert value == defaults[key], key
-    assert defaults["backend"] == "onnx" and defaults["tta"] is True  # flip TTA measured to help (README)
+    assert defaults["backend"] == "onnx" and defaults["tta"] == "flip+zoom"  # measured to help most (README)
+    assert parse_args(["--no-tta"]).tta == "none" and parse_args(["--tta", "flip"]).tta == "flip"
 
 
 def test_readme_setup_installs_what_its_test_command_needs():
@@ -602,7 +608,7 @@ def test_evaluate_per_class_matches_confusion(two_class, capsys):
     report = evaluate(str(ckpt), str(data), imgsz=32, batch=2, device="cpu")
     confusion = np.array(report["confusion"])
     assert confusion.shape == (2, 2) and confusion.sum() == report["images"] == 6
-    assert report["support"] == {"happy": 3, "sad": 3} and report["split"] == "val" and report["tta"] is False
+    assert report["support"] == {"happy": 3, "sad": 3} and report["split"] == "val" and report["tta"] == "none"
     for i, name in enumerate(("happy", "sad")):
         assert report["per_class"][name] == pytest.approx(confusion[i, i] / 3)
     assert report["top1"] == pytest.approx(np.trace(confusion) / 6, abs=1e-3)
@@ -627,16 +633,33 @@ def test_evaluate_scores_a_folder_without_train_split_whole(two_class, tmp_path)
     # score the fifth of it that it drew as val
 
 
-def test_flip_tta_validator_averages_image_and_mirror():
+@pytest.mark.parametrize("mode", ["flip", "flip+zoom"])
+def test_tta_validator_averages_every_view_and_its_mirror(mode):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3), torch.nn.Softmax(1))
-    validator = FlipTTAValidator.__new__(FlipTTAValidator)
+    validator_class = TTAValidator.for_mode(mode)
+    validator = validator_class.__new__(validator_class)
     validator.device, validator.args = torch.device("cpu"), types.SimpleNamespace(quantize=32, half=False)
-    x = torch.rand(2, 3, 4, 4)
-    batch = validator.preprocess({"img": x.clone(), "cls": torch.tensor([0, 1])})
-    assert batch["img"].shape[0] == 4 and torch.equal(batch["cls"], torch.tensor([0, 1]))
+    views = [torch.rand(2, 3, 4, 4) for _ in view_fractions(mode)]  # the dataset stacks them along the channels
+    batch = validator.preprocess({"img": torch.cat(views, 1), "cls": torch.tensor([0, 1])})
+    assert batch["img"].shape == (4 * len(views), 3, 4, 4) and torch.equal(batch["cls"], torch.tensor([0, 1]))
     probs = validator.postprocess(net(batch["img"]))
-    assert torch.allclose(probs, (net(x) + net(x.flip(-1))) / 2)
+    assert torch.allclose(probs, sum(net(x) + net(x.flip(-1)) for x in views) / (2 * len(views)))
+    assert TTAValidator.for_mode("none") is TTAValidator.for_mode(False) is FERValidator
+
+
+def test_flip_zoom_validator_cuts_the_zoomed_view_from_the_decoded_image(tmp_path):
+    """The pipeline cuts a zoomed view from the frame; the validator from the image file, not from its model-sized copy."""
+    data = write_image_folder(tmp_path / "faces", per_class=1, size=64)  # scored at 32
+    validator_class = TTAValidator.for_mode("flip+zoom")
+    validator = validator_class(args={"imgsz": 32, "split": "val", "data": str(data)})
+    sample = validator.build_dataset(str(data / "val"))[0]
+    image = Image.fromarray(cv2.cvtColor(cv2.imread(str(data / "val" / "happy" / "val_0.jpg")), cv2.COLOR_BGR2RGB))
+    zoomed = classify_transforms(36)(image)[:, 2:34, 2:34]  # 32 / (8/9) = 36, central 32
+    assert sample["img"].shape == (6, 32, 32) and sample["cls"] == 0
+    torch.testing.assert_close(sample["img"], torch.cat([classify_transforms(32)(image), zoomed]))
+    from_copy = F.interpolate(sample["img"][None, :3], size=36, mode="bilinear")[0, :, 2:34, 2:34]
+    assert (from_copy - zoomed).abs().mean() > 0.01
 
 
 def test_evaluate_tta_on_pytorch_and_onnx_at_the_models_own_size(two_class, tmp_path, monkeypatch):
@@ -694,7 +717,8 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
     assert set(report["top1_per_fold"]) == {"0", "1"} and 0 <= report["top1_mean"] <= 1 and report["complete"]
     assert report["imgsz_per_fold"] == {"0": 32, "1": 32} and report["weights"] == "last epoch of each fold"
     assert report["overrides"]["lr0"] == 5e-4  # parsed as the yolo CLI does (YAML would keep "5e-4" a string)
-    for key in ("top1_tta", "mean_class_accuracy"):  # flip TTA (the pipeline's default) and per-class scores too
+    assert report["tta"] == "flip+zoom"  # the pipeline's default
+    for key in ("top1_tta", "mean_class_accuracy"):  # TTA and per-class scores too
         assert set(report[f"{key}_per_fold"]) == {"0", "1"} and 0 <= report[f"{key}_mean"] <= 1
     # a finished fold is skipped when run again with the same arguments, retrained when they differ
     fold1 = tmp_path / "runs" / "tiny-spayolo-n" / "fold1"

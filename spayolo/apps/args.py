@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import inspect
 
+from spayolo.tta import TTA_MODES
+
 __all__ = ("add_checkpoint_args", "add_pipeline_args", "non_negative_float", "pipeline_kwargs", "positive_float",
            "positive_int")
 
@@ -60,8 +62,10 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-every", type=positive_int, default=d["detect_every"],
                         help="video: full detection every n-th frame, tracked faces re-located in between "
                              "(default: %(default)s)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=d["tta"],
-                        help="flip test-time augmentation: average each face's probabilities with its mirror image's")
+    parser.add_argument("--tta", choices=TTA_MODES, default=d["tta"],
+                        help="test-time augmentation: average each face's probabilities over its crop and mirror image "
+                             "(flip), and a zoomed-in crop and its mirror (flip+zoom) (default: %(default)s)")
+    parser.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="the same as --tta none")
     add_checkpoint_args(parser)
 
 

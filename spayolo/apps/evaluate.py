@@ -1,12 +1,13 @@
 """Top-1, top-5, per-class and mean per-class accuracy of a classifier, through the stock Ultralytics validator.
 
     spayolo evaluate --model weights/spayolo-n-fer2013.pt --data fer2013.yaml
-    spayolo evaluate --model weights/spayolo-n-fer2013.onnx --data path/to/folder --json report.json --tta
+    spayolo evaluate --model weights/spayolo-n-fer2013.onnx --data path/to/folder --json report.json --tta flip+zoom
 
 The numbers are those `yolo classify val` prints (same transforms, same confusion matrix; only imgsz is rounded to a
 multiple of 16 as in training, so that 48 stays 48 where the stock validator makes it 64); this adds the per-class
 view that FER needs, where classes are badly unbalanced (FER2013 PublicTest: 56 disgust vs 895 happy). With --tta
-each image's class probabilities are averaged with those of its mirror image (a dynamic-batch .onnx works too).
+each image's class probabilities are averaged with those of its mirror image, and with --tta flip+zoom (the pipeline's
+default) also with those of a zoomed-in view and its mirror (spayolo.tta; a dynamic-batch .onnx works too).
 Without --imgsz the model is scored at the size it was trained at (.pt) or exported for (.onnx): a classifier
 scored at another size loses tens of points.
 """
@@ -18,29 +19,61 @@ import json
 from pathlib import Path
 
 import torch
+import torchvision.transforms as T
+from ultralytics.data.augment import classify_transforms
 
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.checkpoints import load_yolo
 from spayolo.engine.classify import FERValidator
 from spayolo.pipeline import classifier_imgsz
+from spayolo.tta import DEFAULT_TTA, TTA_MODES, tta_mode, view_fractions
 
-__all__ = ("FlipTTAValidator", "evaluate", "main", "split_folder", "table")
+__all__ = ("TTAValidator", "evaluate", "main", "split_folder", "table")
 
 
-class FlipTTAValidator(FERValidator):
-    """The classification validator, scoring the mean probabilities of each image and its horizontal mirror.
+class _StackedViews:
+    """An image's views (transforms) stacked along the channels, a picklable dataset transform for loader workers."""
 
-    The mirrored copies ride in the same batch, so the model (PyTorch or ONNX Runtime) runs once per batch.
+    def __init__(self, *views):
+        self.views = views
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.cat([view(image) for view in self.views])
+
+
+class TTAValidator(FERValidator):
+    """The classification validator, scoring the mean probabilities of each image's test-time views (spayolo.tta).
+
+    The dataset stacks each image's views along the channels, each cut from the decoded image (a zoomed view is
+    resized from it, not from the model-sized copy); preprocess adds the mirror images and lays every view out in
+    one batch, so the model (PyTorch or ONNX Runtime) runs once per batch.
     """
+
+    tta = "flip"  # set by the subclass for_mode makes
+
+    @classmethod
+    def for_mode(cls, mode: str | bool) -> type[FERValidator]:
+        """The validator for a TTA mode: the stock one for 'none' (Ultralytics builds validators from a class)."""
+        mode = tta_mode(mode)
+        return FERValidator if mode == "none" else type(f"TTAValidator_{mode}", (cls,), {"tta": mode})
+
+    def build_dataset(self, img_path):
+        dataset = super().build_dataset(img_path)
+        size = self.args.imgsz
+        zoomed = [T.Compose([classify_transforms(size=round(size / f)), T.CenterCrop(size)])
+                  for f in view_fractions(self.tta)[1:]]
+        dataset.torch_transforms = _StackedViews(dataset.torch_transforms, *zoomed)
+        return dataset
 
     def preprocess(self, batch: dict) -> dict:
         batch = super().preprocess(batch)
-        batch["img"] = torch.cat([batch["img"], batch["img"].flip(-1)])
+        views = batch["img"].unflatten(1, (-1, 3)).transpose(0, 1)  # (B, V*3, S, S) -> (V, B, 3, S, S)
+        batch["img"] = torch.cat([views, views.flip(-1)]).flatten(0, 1)
         return batch
 
     def postprocess(self, preds) -> torch.Tensor:
         probs = super().postprocess(preds)
-        return probs.unflatten(0, (2, len(probs) // 2)).mean(0)
+        return probs.unflatten(0, (2 * len(view_fractions(self.tta)), -1)).mean(0)
 
 
 def split_folder(data: str | Path, split: str) -> Path | None:
@@ -60,16 +93,17 @@ def split_folder(data: str | Path, split: str) -> Path | None:
 
 
 def evaluate(model: str, data: str, imgsz: int | None = None, split: str = "val", batch: int = 64,
-             device: str | None = None, tta: bool = False, trusted: bool = False) -> dict:
+             device: str | None = None, tta: str | bool = "none", trusted: bool = False) -> dict:
     """Validate `model` on `data` and return the accuracies, the confusion matrix (rows true) and the class names.
 
-    ``imgsz`` None: the size the model was trained or exported at (``classifier_imgsz``), else 64.
+    ``imgsz`` None: the size the model was trained or exported at (``classifier_imgsz``), else 64. ``tta``: a mode of
+    spayolo.tta ('none', 'flip', 'flip+zoom'; True means 'flip').
     """
     split_folder(data, split)
-    validator = FlipTTAValidator if tta else FERValidator
+    tta = tta_mode(tta)
     imgsz = imgsz or classifier_imgsz(model, trusted) or 64
     metrics = load_yolo(model, trusted, task="classify").val(
-        validator=validator, data=data, split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
+        validator=TTAValidator.for_mode(tta), data=data, split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
         verbose=False)
     matrix = metrics.confusion_matrix.matrix.T.astype(int)  # Ultralytics stores [predicted, true]
     names = [metrics.confusion_matrix.names[i] for i in range(len(matrix))]
@@ -103,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--batch", type=positive_int, default=64)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--tta", nargs="?", const="flip", default="none", choices=TTA_MODES,
+                        help=f"test-time augmentation: --tta alone = flip (mirror image), --tta flip+zoom adds a "
+                             f"zoomed view and its mirror (the pipeline's default is {DEFAULT_TTA})")
     parser.add_argument("--json", default=None, help="also write the report here")
     add_checkpoint_args(parser)
     args = parser.parse_args(argv)

@@ -4,11 +4,12 @@
     spayolo kfold ckplus --folds 0,3 --epochs 10 imgsz=64
 
 Each fold trains on <root>/fold<k>/train and is scored on <root>/fold<k>/val with its *last* epoch's weights, at
-the size it was trained at, without and with flip test-time augmentation (the pipeline's default): the val folds are
-the test data of the protocol, so picking the best epoch on them (Ultralytics' best.pt) would inflate the result.
-Prints per-fold top-1 and the mean +- standard deviation, and writes them with each fold's mean per-class accuracy
-to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Run again, the same
-command skips the folds that finished with the same arguments and resumes an interrupted one. Extra key=value
+the size it was trained at, without and with test-time augmentation (--tta; the pipeline's default mode unless told):
+the val folds are the test data of the protocol, so picking the best epoch on them (Ultralytics' best.pt) would
+inflate the result. Prints per-fold top-1 and the mean +- standard deviation, and writes them with each fold's mean
+per-class accuracy to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Run
+again, the same command skips the training of the folds that finished with the same arguments (it scores them again,
+so another --tta re-scores a finished run) and resumes an interrupted one. Extra key=value
 arguments go to `YOLO.train` unchanged; without `imgsz=` a checkpoint is fine-tuned at the size it was trained at
 (Ultralytics keeps a checkpoint's imgsz).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.apps.evaluate import evaluate
 from spayolo.checkpoints import load_yolo, training_state
+from spayolo.tta import DEFAULT_TTA, TTA_MODES
 
 __all__ = ("fold_roots", "main", "parse_folds", "parse_overrides")
 
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default=None, help="only these fold indices, comma-separated (default: all)")
     parser.add_argument("--project", default="runs/kfold")
     parser.add_argument("--name", default=None, help="run name (default: <dataset>-<model stem>)")
+    parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                        help="the test-time augmentation of the second score (spayolo.tta; default: %(default)s)")
     add_checkpoint_args(parser)
     args, rest = parser.parse_known_args(argv)
     roots = fold_roots(args.dataset)
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{Path(args.dataset).name}-{Path(args.model).stem}"
     out = Path(args.project).resolve() / name
     report = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "overrides": overrides,
-              "folds": folds, "complete": False, **{f"{key}_per_fold": {} for key in SCORES}, "imgsz_per_fold": {},
+              "folds": folds, "tta": args.tta, "complete": False, **{f"{key}_per_fold": {} for key in SCORES}, "imgsz_per_fold": {},
               "weights": "last epoch of each fold"}
     for k in folds:
         root, run = roots[k], out / f"fold{k}"
@@ -118,20 +122,21 @@ def main(argv: list[str] | None = None) -> int:
             scoring = dict(batch=overrides.get("batch", 32), device=overrides.get("device"))
             plain = evaluate(str(last), str(root), **scoring)  # at the size this fold trained at
             imgsz = plain["imgsz"]
-            flipped = evaluate(str(last), str(root), imgsz, tta=True, **scoring)
+            augmented = evaluate(str(last), str(root), imgsz, tta=args.tta, **scoring)
         except Exception as error:  # keep the finished folds on record whatever stopped this one
             report["failed"] = {k: f"{type(error).__name__}: {error}"}
             _write(out, report)
             print(f"spayolo kfold: fold {k} failed ({type(error).__name__}: {error}); finished folds are in "
                   f"{out / 'kfold.json'}", file=sys.stderr)
             return 1
-        for key, value in zip(SCORES, (plain["top1"], flipped["top1"], plain["mean_class_accuracy"])):
+        for key, value in zip(SCORES, (plain["top1"], augmented["top1"], plain["mean_class_accuracy"])):
             report[f"{key}_per_fold"][k] = value
         report["imgsz_per_fold"][k] = imgsz
         _write(out, report)
-        print(f"fold {k}: top-1 {plain['top1']:.4f}, with flip TTA {flipped['top1']:.4f} at imgsz {imgsz} ({root})")
+        print(f"fold {k}: top-1 {plain['top1']:.4f}, with {args.tta} TTA {augmented['top1']:.4f} at imgsz {imgsz} "
+              f"({root})")
     report["complete"] = True
     _write(out, report)
-    print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f}, with flip TTA "
+    print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f}, with {args.tta} TTA "
           f"{report['top1_tta_mean']:.4f} +- {report['top1_tta_std']:.4f} over {len(folds)} folds -> {out / 'kfold.json'}")
     return 0

@@ -58,7 +58,7 @@ def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Pa
         images = RamImages(samples, transform=classify_transforms(size=size)).images
         for start in range(0, len(images), batch):
             x = images[start : start + batch].to(target).float().div_(255).expand(-1, 3, -1, -1)
-            total[start : start + batch] += classifier(x, tta=tta).cpu()
+            total[start : start + batch] += classifier(x, mirror=tta).cpu()
     return {"format": FORMAT, "files": [Path(f).relative_to(folder).as_posix() for f, _ in samples],
             "labels": torch.tensor([c for _, c in samples]), "probs": total / len(models), "names": names,
             "split": folder.name, "models": [f"{p}:{s}" if s else str(p) for p, s in models], "tta": tta}
