@@ -637,9 +637,9 @@ def test_evaluate_scores_a_folder_without_train_split_whole(two_class, tmp_path)
 def test_tta_validator_averages_every_view_and_its_mirror(mode):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3), torch.nn.Softmax(1))
-    validator_class = TTAValidator.for_mode(mode)
-    validator = validator_class.__new__(validator_class)
+    validator = TTAValidator.__new__(TTAValidator)
     validator.device, validator.args = torch.device("cpu"), types.SimpleNamespace(quantize=32, half=False)
+    validator.tta = mode
     views = [torch.rand(2, 3, 4, 4) for _ in view_fractions(mode)]  # the dataset stacks them along the channels
     batch = validator.preprocess({"img": torch.cat(views, 1), "cls": torch.tensor([0, 1])})
     assert batch["img"].shape == (4 * len(views), 3, 4, 4) and torch.equal(batch["cls"], torch.tensor([0, 1]))
@@ -651,8 +651,8 @@ def test_tta_validator_averages_every_view_and_its_mirror(mode):
 def test_flip_zoom_validator_cuts_the_zoomed_view_from_the_decoded_image(tmp_path):
     """The pipeline cuts a zoomed view from the frame; the validator from the image file, not from its model-sized copy."""
     data = write_image_folder(tmp_path / "faces", per_class=1, size=64)  # scored at 32
-    validator_class = TTAValidator.for_mode("flip+zoom")
-    validator = validator_class(args={"imgsz": 32, "split": "val", "data": str(data)})
+    validator = TTAValidator.for_mode("flip+zoom")(args={"imgsz": 32, "split": "val", "data": str(data)})
+    assert validator.tta == "flip+zoom"
     sample = validator.build_dataset(str(data / "val"))[0]
     image = Image.fromarray(cv2.cvtColor(cv2.imread(str(data / "val" / "happy" / "val_0.jpg")), cv2.COLOR_BGR2RGB))
     zoomed = classify_transforms(36)(image)[:, 2:34, 2:34]  # 32 / (8/9) = 36, central 32

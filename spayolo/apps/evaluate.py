@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,13 +50,17 @@ class TTAValidator(FERValidator):
     one batch, so the model (PyTorch or ONNX Runtime) runs once per batch.
     """
 
-    tta = "flip"  # set by the subclass for_mode makes
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, tta: str = "flip"):
+        super().__init__(dataloader, save_dir, args, _callbacks)
+        self.tta = tta_mode(tta)
+        if self.tta == "none":
+            raise ValueError("TTAValidator scores test-time views; for tta 'none' use FERValidator")
 
     @classmethod
-    def for_mode(cls, mode: str | bool) -> type[FERValidator]:
-        """The validator for a TTA mode: the stock one for 'none' (Ultralytics builds validators from a class)."""
+    def for_mode(cls, mode: str | bool):
+        """What ``YOLO.val(validator=...)`` builds a validator with for a TTA mode: FERValidator for 'none'."""
         mode = tta_mode(mode)
-        return FERValidator if mode == "none" else type(f"TTAValidator_{mode}", (cls,), {"tta": mode})
+        return FERValidator if mode == "none" else partial(cls, tta=mode)
 
     def build_dataset(self, img_path):
         dataset = super().build_dataset(img_path)
@@ -103,8 +108,8 @@ def evaluate(model: str, data: str, imgsz: int | None = None, split: str = "val"
     tta = tta_mode(tta)
     imgsz = imgsz or classifier_imgsz(model, trusted) or 64
     metrics = load_yolo(model, trusted, task="classify").val(
-        validator=TTAValidator.for_mode(tta), data=data, split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
-        verbose=False)
+        validator=TTAValidator.for_mode(tta), data=data, split=split, imgsz=imgsz, batch=batch, device=device,
+        plots=False, verbose=False)
     matrix = metrics.confusion_matrix.matrix.T.astype(int)  # Ultralytics stores [predicted, true]
     names = [metrics.confusion_matrix.names[i] for i in range(len(matrix))]
     support = matrix.sum(1)

@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{Path(args.dataset).name}-{Path(args.model).stem}"
     out = Path(args.project).resolve() / name
     report = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "overrides": overrides,
-              "folds": folds, "tta": args.tta, "complete": False, **{f"{key}_per_fold": {} for key in SCORES}, "imgsz_per_fold": {},
-              "weights": "last epoch of each fold"}
+              "folds": folds, "tta": args.tta, "complete": False, **{f"{key}_per_fold": {} for key in SCORES},
+              "imgsz_per_fold": {}, "weights": "last epoch of each fold"}
     for k in folds:
         root, run = roots[k], out / f"fold{k}"
         try:
