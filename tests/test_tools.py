@@ -718,6 +718,10 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
     assert report["imgsz_per_fold"] == {"0": 32, "1": 32} and report["weights"] == "last epoch of each fold"
     assert report["overrides"]["lr0"] == 5e-4  # parsed as the yolo CLI does (YAML would keep "5e-4" a string)
     assert report["tta"] == "flip+zoom"  # the pipeline's default
+    pooled, folds = report["pooled_tta"], [np.array(report["confusion_tta_per_fold"][k]) for k in ("0", "1")]
+    assert pooled["confusion"] == (folds[0] + folds[1]).tolist() and sum(pooled["support"].values()) == 8
+    assert pooled["top1"] == pytest.approx(np.trace(folds[0] + folds[1]) / 8)
+    assert list(pooled["per_class"]) == report["names"] == ["happy", "sad"]
     for key in ("top1_tta", "mean_class_accuracy"):  # TTA and per-class scores too
         assert set(report[f"{key}_per_fold"]) == {"0", "1"} and 0 <= report[f"{key}_mean"] <= 1
     # a finished fold is skipped when run again with the same arguments, retrained when they differ

@@ -7,7 +7,8 @@ Each fold trains on <root>/fold<k>/train and is scored on <root>/fold<k>/val wit
 the size it was trained at, without and with test-time augmentation (--tta; the pipeline's default mode unless told):
 the val folds are the test data of the protocol, so picking the best epoch on them (Ultralytics' best.pt) would
 inflate the result. Prints per-fold top-1 and the mean +- standard deviation, and writes them with each fold's mean
-per-class accuracy to <project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Run
+per-class accuracy and TTA confusion matrix, and the top-1 and per-class accuracy pooled over all folds' images, to
+<project>/<name>/kfold.json after every fold, so a failing fold keeps the finished ones. Run
 again, the same command skips the training of the folds that finished with the same arguments (it scores them again,
 so another --tta re-scores a finished run) and resumes an interrupted one. Extra key=value
 arguments go to `YOLO.train` unchanged; without `imgsz=` a checkpoint is fine-tuned at the size it was trained at
@@ -76,11 +77,23 @@ def parse_folds(text: str | None, count: int) -> list[int]:
 SCORES = ("top1", "top1_tta", "mean_class_accuracy")  # each kept per fold and as mean +- std over the folds
 
 
+def _pooled(confusions: list[list[list[int]]], names: list[str]) -> dict:
+    """Top-1 and per-class accuracy over every scored image of the folds, each image scored by its own fold's model
+    (how many papers report k-fold results, where the fold sizes differ)."""
+    total = [[sum(c[i][j] for c in confusions) for j in range(len(names))] for i in range(len(names))]
+    support = [sum(row) for row in total]
+    return {"top1": sum(total[i][i] for i in range(len(names))) / sum(support),
+            "per_class": {n: total[i][i] / support[i] if support[i] else None for i, n in enumerate(names)},
+            "support": dict(zip(names, support)), "confusion": total}
+
+
 def _write(out: Path, report: dict) -> None:
     for key in SCORES:
         scores = list(report[f"{key}_per_fold"].values())
         report[f"{key}_mean"] = statistics.fmean(scores) if scores else None
         report[f"{key}_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    confusions = list(report["confusion_tta_per_fold"].values())
+    report["pooled_tta"] = _pooled(confusions, report["names"]) if confusions else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "kfold.json").write_text(json.dumps(report, indent=2))
 
@@ -107,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.project).resolve() / name
     report = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "overrides": overrides,
               "folds": folds, "tta": args.tta, "complete": False, **{f"{key}_per_fold": {} for key in SCORES},
-              "imgsz_per_fold": {}, "weights": "last epoch of each fold"}
+              "imgsz_per_fold": {}, "confusion_tta_per_fold": {}, "names": None,
+              "weights": "last epoch of each fold"}
     for k in folds:
         root, run = roots[k], out / f"fold{k}"
         try:
@@ -132,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in zip(SCORES, (plain["top1"], augmented["top1"], plain["mean_class_accuracy"])):
             report[f"{key}_per_fold"][k] = value
         report["imgsz_per_fold"][k] = imgsz
+        report["confusion_tta_per_fold"][k] = augmented["confusion"]  # rows true
+        report["names"] = list(augmented["per_class"])
         _write(out, report)
         print(f"fold {k}: top-1 {plain['top1']:.4f}, with {args.tta} TTA {augmented['top1']:.4f} at imgsz {imgsz} "
               f"({root})")
     report["complete"] = True
     _write(out, report)
     print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f}, with {args.tta} TTA "
-          f"{report['top1_tta_mean']:.4f} +- {report['top1_tta_std']:.4f} over {len(folds)} folds -> {out / 'kfold.json'}")
+          f"{report['top1_tta_mean']:.4f} +- {report['top1_tta_std']:.4f} over {len(folds)} folds (pooled over their "
+          f"images: {report['pooled_tta']['top1']:.4f}) -> {out / 'kfold.json'}")
     return 0
