@@ -46,14 +46,27 @@ def export_onnx_bytes(model: nn.Module, example: torch.Tensor, dynamic: dict[int
 class OnnxModule:
     """An ONNX Runtime session called like the PyTorch module it was exported from: tensor in, tensor(s) out.
 
-    Outputs come back on the input's device, so code written around the module runs unchanged.
+    Outputs come back on the input's device, so code written around the module runs unchanged. A model exported with
+    a fixed batch size (``yolo export`` without ``dynamic=True``) takes any batch too, run that many inputs at a time.
     """
 
     def __init__(self, model: bytes | str | Path, device: torch.device | str = "cpu", providers: list[str] | None = None):
         self.session = onnx_session(model, device, providers)
-        self.input = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input = first.name
+        self.batch = first.shape[0] if isinstance(first.shape[0], int) else None  # None: a dynamic batch
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.batch is None or len(x) == self.batch:
+            return self._run(x)
+        n = len(x)
+        padded = torch.cat([x, x.new_zeros(-n % self.batch, *x.shape[1:])])  # the last chunk filled up with zeros
+        parts = [self._run(chunk) for chunk in padded.split(self.batch)]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(outputs)[:n] for outputs in zip(*parts))
+        return torch.cat(parts)[:n]
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         outputs = self.session.run(None, {self.input: x.detach().float().cpu().numpy()})
         outputs = tuple(torch.from_numpy(o).to(x.device) for o in outputs)
         return outputs[0] if len(outputs) == 1 else outputs

@@ -74,6 +74,40 @@ def test_shipped_weights_onnx_matches_pt_on_real_faces():
     assert np.abs(probs - torch_probs).max() < 1e-4 and (probs.argmax(1) == torch_probs.argmax(1)).all()
 
 
+class _Probabilities(torch.nn.Module):
+    """A classifier's probability output alone (in eval mode Ultralytics' Classify returns probabilities, logits)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[0]
+
+
+def test_fixed_batch_onnx_takes_any_batch(tmp_path):
+    """A classifier exported without a dynamic batch (yolo export's default) runs the pipeline's 2-4 views per face."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from spayolo.pipeline import FERPipeline
+    from spayolo.runtime import OnnxModule, export_onnx_bytes
+
+    model, _ = load_checkpoint(SHIPPED.with_suffix(".pt"))
+    model = model.float().eval()
+    x = torch.from_numpy(face_crops())  # 5 faces
+    with torch.inference_mode():
+        expected = model(x)[0]
+    pairs = OnnxModule(export_onnx_bytes(model, torch.zeros(2, 3, 64, 64), {}))  # batch fixed at 2
+    assert pairs.batch == 2
+    torch.testing.assert_close(pairs(x)[0], expected, atol=1e-4, rtol=0)  # 2 + 2 + 1 padded; (probs, logits)
+    single = tmp_path / "batch1.onnx"  # one (batch, classes) output, as yolo export writes a classifier
+    single.write_bytes(export_onnx_bytes(_Probabilities(model), torch.zeros(1, 3, 64, 64), {}))
+    face = cv2.imread(str(package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg")))
+    fixed, dynamic = (FERPipeline(m, tta="flip+zoom")(face) for m in (single, SHIPPED.with_suffix(".onnx")))
+    assert len(fixed) == len(dynamic) == 1
+    np.testing.assert_allclose(fixed[0].probs, dynamic[0].probs, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_stock_predict_and_val_accept_exported_onnx(tmp_path):
     from ultralytics import YOLO
