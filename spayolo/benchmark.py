@@ -4,7 +4,8 @@ Classifiers: each spayolo model beside the stock yolov8-cls of the same scale (P
 Pipeline: end-to-end frames per second of detection + crop + classification on 640x480 video frames with 1 and with
 5 faces, split by stage, with the classifier in PyTorch and in ONNX Runtime, detecting every frame or every n-th.
 Training: images per second of the stock trainer path and of spayolo's fast path (``cache=ram``, CPU bf16 where
-native, channels_last) through the same ``YOLO.train``, on the same images, one model after the other.
+native, channels_last) through the same ``YOLO.train``, on the same images, one model after the other, each run in a
+fresh process as ``yolo classify train`` runs.
 
     spayolo benchmark --models spayolo-n lanmsff-yolo-n fermam-yolo-n --imgsz 64 --device cpu --onnx
     spayolo benchmark --pipeline --model weights/spayolo-n-fer2013.pt --device cpu
@@ -14,10 +15,12 @@ native, channels_last) through the same ``YOLO.train``, on the same images, one 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import re
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -215,6 +218,13 @@ def measure_training(model: str, data: str, imgsz: int, batch: int, batches: int
     return {"img/s": images / (stamps[-1] - stamps[0]), "end_s": marks["fit_end"] - marks["train_end"]}
 
 
+def measure_training_alone(*args) -> dict:
+    """:func:`measure_training` in a fresh process: the fast path tunes process-wide state (threads, glibc's malloc
+    thresholds) that would otherwise carry over into the stock runs measured after it."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_training, *args).result()
+
+
 def benchmark_training(args) -> None:
     """Stock vs fast training path per model, the stock yolov8-cls of its scale first; the ratio on the last line.
 
@@ -233,8 +243,9 @@ def benchmark_training(args) -> None:
         for name in names:
             labels = list(TRAIN_PATHS) if round_index % 2 == 0 else list(reversed(TRAIN_PATHS))
             for label in labels:
-                runs[name, label].append(measure_training(name, args.data, args.imgsz, args.batch, args.batches,
-                                                          args.device, TRAIN_PATHS[label], args.optimizer))
+                runs[name, label].append(measure_training_alone(name, args.data, args.imgsz, args.batch,
+                                                                args.batches, args.device, TRAIN_PATHS[label],
+                                                                args.optimizer))
     print(f"training: device={args.device} imgsz={args.imgsz} batch={args.batch} batches={args.batches} "
           f"rounds={args.rounds} optimizer={args.optimizer} cores={usable_cores()} "
           f"native bf16={cpu_has_native_bf16()} epoch={epoch_images} images ({args.data})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from copy import deepcopy
 
 import numpy as np
@@ -198,16 +199,31 @@ def forward_dtypes(yolo):
     return seen
 
 
+def record_calls(monkeypatch, name: str) -> list:
+    """Replace ``spayolo.engine.trainer.<name>`` by a recorder of its calls' arguments."""
+    calls = []
+    monkeypatch.setattr(fer_trainer, name, lambda *args: calls.append(args))
+    return calls
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_keep_freed_memory_sets_glibcs_thresholds():
+    """glibc accepts every threshold (mallopt returns 1 only for a value in range, e.g. mmap <= 32 MB)."""
+    assert fer_trainer.keep_freed_memory()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_on_cpu_trains_bf16_only_where_native(tiny_dataset, tmp_path, monkeypatch, native, caplog):
     from ultralytics import YOLO
 
     monkeypatch.setattr(fer_trainer, "cpu_has_native_bf16", lambda: native)
+    malloc_tuned = record_calls(monkeypatch, "keep_freed_memory")
     yolo = YOLO("spayolo-n.yaml")
     seen = forward_dtypes(yolo)
     yolo.train(data=str(tiny_dataset), epochs=1, cache="ram", amp=True, project=str(tmp_path), name="r", **TINY)
     assert isinstance(yolo.trainer, fer_trainer.FERTrainer)
+    assert malloc_tuned == [()]
     assert set(seen) == {torch.bfloat16 if native else torch.float32}
     assert yolo.trainer.model.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(group["fused"] for group in yolo.trainer.optimizer.param_groups)  # AdamW's fused CPU kernel
@@ -247,13 +263,15 @@ def test_fast_path_sgd_is_fused_and_takes_the_stock_step(tiny_dataset, tmp_path)
 
 
 @pytest.mark.slow
-def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path):
+def test_stock_path_is_untouched_by_default(tiny_dataset, tmp_path, monkeypatch):
     from ultralytics import YOLO
 
+    malloc_tuned = record_calls(monkeypatch, "keep_freed_memory")
     yolo = YOLO("spayolo-n.yaml")
     seen = forward_dtypes(yolo)
     yolo.train(data=str(tiny_dataset), epochs=1, project=str(tmp_path), name="r", **TINY)
     assert set(seen) == {torch.float32}
+    assert not malloc_tuned
     assert type(yolo.trainer.train_loader).__name__ == "InfiniteDataLoader"
     assert not any(group["fused"] for group in yolo.trainer.optimizer.param_groups)
     assert not any(isinstance(m, fer_trainer.PointwiseMatmul) for m in yolo.trainer.model.modules())
