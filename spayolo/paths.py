@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ("DATASETS_CFG_DIR", "MODELS_DIR", "SWEEPS_DIR", "packaged")
+__all__ = ("DATASETS_CFG_DIR", "KFOLD_DIR", "MODELS_DIR", "SWEEPS_DIR", "packaged")
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -18,3 +18,4 @@ def packaged(*parts: str) -> Path:
 MODELS_DIR = packaged("cfg", "models")
 DATASETS_CFG_DIR = packaged("cfg", "datasets")
 SWEEPS_DIR = packaged("cfg", "sweeps")
+KFOLD_DIR = packaged("cfg", "kfold")

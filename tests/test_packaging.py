@@ -1,4 +1,4 @@
-"""A plain (non-editable) wheel carries the autoload .pth at its root, every model and dataset YAML, and the weights."""
+"""A plain (non-editable) wheel carries the autoload .pth at its root, every YAML under cfg/, and the weights."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_wheel_ships_autoload_and_yamls(tmp_path):
     (wheel,) = tmp_path.glob("spayolo-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "spayolo-autoload.pth" in names
-    for kind in ("models", "datasets", "sweeps"):
+    for kind in ("models", "datasets", "sweeps", "kfold"):
         for path in (REPO / "cfg" / kind).glob("*.yaml"):
             assert f"spayolo/cfg/{kind}/{path.name}" in names
     for module in ("registry", "parser", "integration", "paths", "_autoload", "face/mtcnn"):

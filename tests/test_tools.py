@@ -30,7 +30,7 @@ from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hop
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import TTAValidator, evaluate, table
-from spayolo.apps.kfold import fold_roots, parse_overrides
+from spayolo.apps.kfold import fold_roots, inner_split, load_candidates, parse_overrides
 from spayolo.apps.live import StopSignals, Stopped
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.checkpoints import training_state
@@ -699,7 +699,8 @@ def test_kfold_argument_errors(tmp_path, capsys):
         write_image_folder(tmp_path / "tiny" / f"fold{k}", per_class=1, size=32)
     for args, message in (([str(tmp_path / "tiny"), "imgsz"], "key=value"), ([str(tmp_path)], "no fold<k>/train"),
                           ([str(tmp_path / "tiny"), "--folds", "7"], "--folds 7: the dataset has folds 0-1"),
-                          ([str(tmp_path / "tiny"), "--model", str(tmp_path / "x.pt")], "x.pt")):
+                          ([str(tmp_path / "tiny"), "--model", str(tmp_path / "x.pt")], "x.pt"),
+                          ([str(tmp_path / "tiny"), "--select", "ckplus-recipes"], "needs 3 or more folds")):
         assert cli.main(["kfold", *args]) == 2, args
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="fixed split"):
@@ -739,6 +740,74 @@ def test_kfold_scores_last_epoch_at_training_size_and_keeps_finished_folds(tmp_p
     report = json.loads((tmp_path / "runs" / "tiny-spayolo-n" / "kfold.json").read_text())
     assert set(report["top1_per_fold"]) == {"1"} and not report["complete"] and "2" in report["failed"]
     assert (fold1 / "weights" / "last.pt").stat().st_mtime == trained  # scored again, not retrained
+
+
+def write_subject_folds(root: Path, folds: int, per_class: int = 2) -> list[Path]:
+    """Fold k's val/ holds its own images (named by fold), its train/ every other fold's, as spayolo prepare lays out
+    a subject-independent split; 'fear' has no images in fold 1, as CK+ fold 9 has none."""
+    rng = np.random.default_rng(0)
+    for k in range(folds):
+        for c, name in enumerate(("happy", "sad", "fear")):
+            (root / f"fold{k}" / "train" / name).mkdir(parents=True)
+            (root / f"fold{k}" / "val" / name).mkdir(parents=True)
+            for i in range(0 if (k, name) == (1, "fear") else per_class):
+                image = np.clip(60 + 60 * c + rng.normal(0, 10, (32, 32)), 0, 255).astype(np.uint8)
+                for j in range(folds):
+                    cv2.imwrite(str(root / f"fold{j}" / ("val" if j == k else "train") / name / f"s{k}_{i}.jpg"), image)
+    return [root / f"fold{k}" for k in range(folds)]
+
+
+def test_inner_split_holds_out_the_outer_fold(tmp_path):
+    roots = write_subject_folds(tmp_path / "tiny", 4)
+    split = inner_split(roots, 3, tmp_path / "inner")  # outer fold 3: validate on fold 0, train on folds 1 and 2
+    files = {part: sorted(f"{p.parent.name}/{p.name}" for p in (split / part).glob("*/*")) for part in ("train", "val")}
+    assert files["val"] == sorted(f"{p.parent.name}/{p.name}" for p in (roots[0] / "val").glob("*/*"))
+    assert {name.split("/")[1][:2] for name in files["train"]} == {"s1", "s2"}  # no image of fold 3 or fold 0
+    assert len(files["train"]) == 2 * 3 * 2 - 2  # fold 1 has no fear
+    for part in ("train", "val"):  # every class folder, so a class a fold lacks keeps its index
+        assert sorted(d.name for d in (split / part).iterdir()) == ["fear", "happy", "sad"]
+    empty_fear = inner_split(roots, 0, tmp_path / "inner") / "val" / "fear"  # validates on fold 1, which has none
+    assert empty_fear.is_dir() and not any(empty_fear.iterdir())
+    assert os.path.samefile(split / "val" / "happy" / "s0_0.jpg", roots[0] / "val" / "happy" / "s0_0.jpg")
+
+
+def test_select_file_errors_name_the_file_and_candidate(tmp_path):
+    assert set(load_candidates("ckplus-recipes")) >= {"base", "imgsz96"}  # the built-in file, by name
+    bad = tmp_path / "recipes.yaml"
+    bad.write_text("candidates: {a: {}, b: {lr0: 5e-3, imgsz: 96}}")
+    assert load_candidates(str(bad))["b"] == {"lr0": 0.005, "imgsz": 96}  # as the yolo CLI reads 5e-3
+    for text, message in (("candidates: {a: {}}", "two or more recipes"), ("[1, 2]", "needs 'candidates:'"),
+                          ("candidates: {a: {}, b: {lr: 1}}", "candidates.b: unknown argument(s) lr"),
+                          ("candidates: {a: {}, b: 3}", "candidates.b must be a mapping"), ("a: [", "not valid YAML")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{bad}: ")) as error:
+            load_candidates(str(bad))
+        assert message in str(error.value)
+    with pytest.raises(FileNotFoundError, match="built-in: ckplus-recipes"):
+        load_candidates("no-such-recipes")
+
+
+@pytest.mark.slow
+def test_kfold_select_chooses_each_folds_recipe_without_its_images(tmp_path, capsys):
+    write_subject_folds(tmp_path / "tiny", 3)
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text("candidates:\n  slow: {lr0: 1.0e-5}\n  fast: {lr0: 1.0e-2, epochs: 2}\n")
+    args = [str(tmp_path / "tiny"), "--model", "spayolo-n.yaml", "--epochs", "1", "--project", str(tmp_path / "runs"),
+            "--folds", "1", "--select", str(recipes), "imgsz=32", "batch=4", "device=cpu", "plots=False", "amp=False"]
+    assert cli.main(["kfold", *args]) == 0
+    out = tmp_path / "runs" / "tiny-spayolo-n"
+    report = json.loads((out / "kfold.json").read_text())
+    inner = report["inner_top1_tta_per_fold"]["1"]
+    assert set(inner) == {"slow", "fast"} and report["candidates"]["fast"] == {"lr0": 0.01, "epochs": 2}
+    chosen = report["chosen_per_fold"]["1"]
+    assert inner[chosen] == max(inner.values()) and (chosen == "slow" or inner["fast"] > inner["slow"])
+    for name in ("slow", "fast"):  # trained on fold 0 only (outer 1, inner validation fold 2)
+        assert (out / "inner" / name / "fold1" / "weights" / "last.pt").is_file()
+    assert {p.name[:2] for p in (out / "inner-data" / "fold1" / "train").glob("*/*")} == {"s0"}
+    recipe = {**parse_overrides(args[args.index("imgsz=32"):]), **report["candidates"][chosen]}
+    epochs = recipe.pop("epochs", 1)
+    assert training_state(out / "fold1", {"model": "spayolo-n.yaml", "epochs": epochs, **recipe}) == "finished"
+    assert f"recipe {chosen}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -13,22 +13,33 @@ again, the same command skips the training of the folds that finished with the s
 so another --tta re-scores a finished run) and resumes an interrupted one. Extra key=value
 arguments go to `YOLO.train` unchanged; without `imgsz=` a checkpoint is fine-tuned at the size it was trained at
 (Ultralytics keeps a checkpoint's imgsz).
+
+Nested cross-validation (--select FILE, e.g. the built-in ckplus-recipes): a file of candidate recipes, each a few
+`YOLO.train` arguments over the command line's. For each outer fold k every candidate trains on the folds other than k
+and k+1 and is scored (with TTA) on fold k+1; the best one (the first listed on a tie) then trains on fold k's training
+part and is scored on fold k. Fold k's images never take part in choosing its recipe, so the outer scores stay
+test scores; kfold.json records each fold's inner scores and choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.apps.evaluate import evaluate
+from spayolo.apps.prepare import link_or_copy
 from spayolo.checkpoints import load_yolo, training_state
+from spayolo.paths import KFOLD_DIR
 from spayolo.tta import DEFAULT_TTA, TTA_MODES
 
-__all__ = ("fold_roots", "main", "parse_folds", "parse_overrides")
+__all__ = ("fold_roots", "inner_split", "load_candidates", "main", "parse_folds", "parse_overrides")
 
 
 def fold_roots(dataset: str) -> list[Path]:
@@ -74,6 +85,87 @@ def parse_folds(text: str | None, count: int) -> list[int]:
     return folds
 
 
+def load_candidates(source: str) -> dict[str, dict]:
+    """The recipes of a --select file (a path or a built-in name): {name: YOLO.train arguments over the command
+    line's}, strings read as the yolo CLI reads them (YAML keeps 5e-3 a string); errors name the file and the
+    candidate."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+
+    path = Path(source)
+    if not path.is_file() and path.parent == Path() and (KFOLD_DIR / f"{path.stem}.yaml").is_file():
+        path = KFOLD_DIR / f"{path.stem}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(KFOLD_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"--select {source}: no such file (built-in: {known})")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    candidates = cfg.get("candidates") if isinstance(cfg, dict) else None
+    if not isinstance(candidates, dict) or len(candidates) < 2:
+        raise ValueError(f"{path}: needs 'candidates:', a mapping of two or more recipes (name: {{key: value}})")
+    recipes = {}
+    for name, args in candidates.items():
+        args = args or {}
+        if not isinstance(args, dict):
+            raise ValueError(f"{path}: candidates.{name} must be a mapping of YOLO.train arguments")
+        unknown = [key for key in args if key not in DEFAULT_CFG_DICT]
+        if unknown:
+            raise ValueError(f"{path}: candidates.{name}: unknown argument(s) {', '.join(unknown)}")
+        recipes[str(name)] = {key: smart_value(v) if isinstance(v, str) else v for key, v in args.items()}
+    return recipes
+
+
+def inner_split(roots: list[Path], k: int, out: Path) -> Path:
+    """Outer fold k's inner split under ``out``: train/ holds every fold but k and k+1, val/ holds fold k+1, so fold k
+    stays unseen. Hard links to the prepared images (copies where links fail), every class folder in both splits (a
+    class a fold lacks keeps its index). Needs 3 or more folds."""
+    held = (k + 1) % len(roots)
+    target = out / f"fold{k}"
+    shutil.rmtree(target, ignore_errors=True)  # rebuilt each time: cheap, and never stale
+    classes = {d.name for root in roots for d in (root / "val").iterdir() if d.is_dir()}
+    for split, folds in (("train", [j for j in range(len(roots)) if j not in (k, held)]), ("val", [held])):
+        for name in classes:
+            (target / split / name).mkdir(parents=True)
+        for j in folds:
+            for image in (roots[j] / "val").glob("*/*"):
+                if image.is_file():
+                    link_or_copy(image, target / split / image.parent.name / image.name)
+    return target
+
+
+def train_and_score(model: str, data: Path, run: Path, epochs: int, overrides: dict, tta: str,
+                    trust: bool) -> tuple[dict, dict]:
+    """Train ``model`` on data/train into ``run`` (skipped when finished with these arguments, resumed when
+    interrupted); score its last epoch on data/val without and with TTA, at the size it trained at."""
+    state = training_state(run, {"model": model, "epochs": epochs, **overrides})
+    if state == "interrupted":
+        load_yolo(run / "weights" / "last.pt").train(resume=True)
+    elif state == "new":
+        load_yolo(model, trust).train(data=str(data), epochs=epochs, project=str(run.parent), name=run.name,
+                                      exist_ok=True, **overrides)
+    last = run / "weights" / "last.pt"
+    scoring = dict(batch=overrides.get("batch", 32), device=overrides.get("device"))
+    plain = evaluate(str(last), str(data), **scoring)
+    return plain, evaluate(str(last), str(data), plain["imgsz"], tta=tta, **scoring)
+
+
+def select_recipe(args, roots: list[Path], k: int, out: Path, overrides: dict,
+                  candidates: dict[str, dict]) -> tuple[str, dict]:
+    """Nested selection for outer fold k: each candidate trained on the inner split and scored with TTA on its
+    validation fold; returns the best (first on a tie) and every candidate's score."""
+    data = inner_split(roots, k, out / "inner-data")
+    scores = {}
+    for name, recipe in candidates.items():
+        recipe = {**overrides, **recipe}
+        epochs = recipe.pop("epochs", args.epochs)
+        _, augmented = train_and_score(args.model, data, out / "inner" / name / f"fold{k}", epochs, recipe, args.tta,
+                                       args.trust_checkpoint)
+        scores[name] = augmented["top1"]
+        print(f"fold {k}: candidate {name} scores {scores[name]:.4f} on fold {(k + 1) % len(roots)} (inner)")
+    return max(scores, key=scores.get), scores
+
+
 SCORES = ("top1", "top1_tta", "mean_class_accuracy")  # each kept per fold and as mean +- std over the folds
 
 
@@ -109,11 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="run name (default: <dataset>-<model stem>)")
     parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
                         help="the test-time augmentation of the second score (spayolo.tta; default: %(default)s)")
+    parser.add_argument("--select", default=None, metavar="FILE",
+                        help="choose each fold's recipe among a file's candidates by nested cross-validation (a YAML "
+                             "path or a built-in name: ckplus-recipes)")
     add_checkpoint_args(parser)
     args, rest = parser.parse_known_args(argv)
     roots = fold_roots(args.dataset)
     folds = parse_folds(args.folds, len(roots))
     overrides = parse_overrides(rest)
+    candidates = load_candidates(args.select) if args.select else None
+    if candidates and len(roots) < 3:
+        raise ValueError(f"--select: nested selection needs 3 or more folds, {args.dataset} has {len(roots)}")
     load_yolo(args.model, args.trust_checkpoint)  # a bad model fails here, before any training
 
     name = args.name or f"{Path(args.dataset).name}-{Path(args.model).stem}"
@@ -122,21 +220,19 @@ def main(argv: list[str] | None = None) -> int:
               "folds": folds, "tta": args.tta, "complete": False, **{f"{key}_per_fold": {} for key in SCORES},
               "imgsz_per_fold": {}, "confusion_tta_per_fold": {}, "names": None,
               "weights": "last epoch of each fold"}
+    if candidates:
+        report.update(select=args.select, candidates=candidates, inner_top1_tta_per_fold={}, chosen_per_fold={})
     for k in folds:
         root, run = roots[k], out / f"fold{k}"
         try:
-            state = training_state(run, {"model": args.model, "epochs": args.epochs, **overrides})
-            if state == "interrupted":
-                load_yolo(run / "weights" / "last.pt").train(resume=True)
-            elif state == "new":
-                load_yolo(args.model, args.trust_checkpoint).train(data=str(root), epochs=args.epochs,
-                                                                   project=str(out), name=run.name, exist_ok=True,
-                                                                   **overrides)
-            last = run / "weights" / "last.pt"
-            scoring = dict(batch=overrides.get("batch", 32), device=overrides.get("device"))
-            plain = evaluate(str(last), str(root), **scoring)  # at the size this fold trained at
+            recipe, epochs = overrides, args.epochs
+            if candidates:
+                chosen, report["inner_top1_tta_per_fold"][k] = select_recipe(args, roots, k, out, overrides, candidates)
+                report["chosen_per_fold"][k] = chosen
+                recipe = {**overrides, **candidates[chosen]}
+                epochs = recipe.pop("epochs", args.epochs)
+            plain, augmented = train_and_score(args.model, root, run, epochs, recipe, args.tta, args.trust_checkpoint)
             imgsz = plain["imgsz"]
-            augmented = evaluate(str(last), str(root), imgsz, tta=args.tta, **scoring)
         except Exception as error:  # keep the finished folds on record whatever stopped this one
             report["failed"] = {k: f"{type(error).__name__}: {error}"}
             _write(out, report)
@@ -149,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         report["confusion_tta_per_fold"][k] = augmented["confusion"]  # rows true
         report["names"] = list(augmented["per_class"])
         _write(out, report)
+        chosen = f", recipe {report['chosen_per_fold'][k]}" if candidates else ""
         print(f"fold {k}: top-1 {plain['top1']:.4f}, with {args.tta} TTA {augmented['top1']:.4f} at imgsz {imgsz} "
-              f"({root})")
+              f"({root}{chosen})")
     report["complete"] = True
     _write(out, report)
     print(f"{name}: top-1 {report['top1_mean']:.4f} +- {report['top1_std']:.4f}, with {args.tta} TTA "
