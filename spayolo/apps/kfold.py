@@ -30,13 +30,11 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.apps.evaluate import evaluate
 from spayolo.apps.prepare import link_or_copy
 from spayolo.checkpoints import load_yolo, training_state
-from spayolo.paths import KFOLD_DIR
+from spayolo.paths import KFOLD_DIR, read_yaml
 from spayolo.tta import DEFAULT_TTA, TTA_MODES
 
 __all__ = ("fold_roots", "inner_split", "load_candidates", "main", "parse_folds", "parse_overrides")
@@ -91,16 +89,7 @@ def load_candidates(source: str) -> dict[str, dict]:
     candidate."""
     from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
 
-    path = Path(source)
-    if not path.is_file() and path.parent == Path() and (KFOLD_DIR / f"{path.stem}.yaml").is_file():
-        path = KFOLD_DIR / f"{path.stem}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(KFOLD_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"--select {source}: no such file (built-in: {known})")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    path, cfg = read_yaml(source, KFOLD_DIR, "--select {source}: no such file (built-in: {known})")
     candidates = cfg.get("candidates") if isinstance(cfg, dict) else None
     if not isinstance(candidates, dict) or len(candidates) < 2:
         raise ValueError(f"{path}: needs 'candidates:', a mapping of two or more recipes (name: {{key: value}})")

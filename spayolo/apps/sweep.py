@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from spayolo.apps.args import add_checkpoint_args
-from spayolo.paths import SWEEPS_DIR
+from spayolo.paths import SWEEPS_DIR, read_yaml
 
 __all__ = ("load_sweep", "main", "markdown")
 
@@ -38,16 +38,7 @@ def load_sweep(source: str | Path) -> tuple[Path, dict, dict[str, dict]]:
     """The sweep file's path, shared train arguments and runs; errors name the file, the run and the key."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    path = Path(source)
-    if not path.is_file() and SWEEPS_DIR.joinpath(path.with_suffix(".yaml").name).is_file() and path.parent == Path():
-        path = SWEEPS_DIR / path.with_suffix(".yaml").name
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(SWEEPS_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"sweep file not found: {source} (built-in sweeps: {known})")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    path, cfg = read_yaml(source, SWEEPS_DIR, "sweep file not found: {source} (built-in sweeps: {known})")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("train"), dict) or not isinstance(cfg.get("runs"), dict):
         raise ValueError(f"{path}: needs a 'train:' mapping of shared arguments and a 'runs:' mapping of runs")
     train, runs = cfg["train"], {str(name): run or {} for name, run in cfg["runs"].items()}
