@@ -14,11 +14,9 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from spayolo.errors import CheckpointError
+
 __all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loading", "training_state")
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be used: unreadable, refused by restricted loading, or not a model."""
 
 
 def _reason(error: Exception) -> str:

@@ -7,7 +7,7 @@ library users already catch (``ValueError``, ``FileNotFoundError``, ...).
 
 from __future__ import annotations
 
-__all__ = ("MissingDependencyError", "MissingFileError", "OutputExistsError", "SpayoloError", "UsageError")
+__all__ = ("CheckpointError", "MissingDependencyError", "MissingFileError", "OutputExistsError", "SpayoloError", "UsageError")
 
 
 class SpayoloError(Exception):
@@ -28,3 +28,7 @@ class OutputExistsError(SpayoloError, FileExistsError):
 
 class MissingDependencyError(SpayoloError, ImportError):
     """An optional package a command needs and that this install lacks; the message says what to install."""
+
+
+class CheckpointError(UsageError):
+    """A model file that cannot be used: unreadable, refused by restricted loading, or not the model it must be."""
