@@ -116,6 +116,27 @@ def build_model(name: str, nc: int | None = None, meta: bool = False, cache: boo
     return copy.deepcopy(_built(name, nc, meta)) if cache else _built.__wrapped__(name, nc, meta)
 
 
+def input_sensitive(model, imgsz: int = 64, seed: int = 0):
+    """``model`` in eval mode with every BatchNorm's statistics set from one batch of seeded random images.
+
+    An untrained network in eval mode gives nearly the same probabilities for every input (spayolo-n: 1e-8 apart), so
+    "the export matches PyTorch" would pass for any graph. Statistics taken from its own activations, as training
+    leaves them, normalise every layer: the probabilities then differ by tenths between inputs.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0  # the running statistics become this batch's
+    x = torch.rand(8, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model.train()(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
 # --- face photos, videos and a tiny classifier for the pipeline and tools tests ---
 
 # face boxes (x1, y1, x2, y2) annotated by eye on the images shipped in packages, forehead to chin

@@ -25,8 +25,8 @@ import yaml
 from PIL import Image
 from ultralytics.data.augment import classify_transforms
 
-from conftest import (REPO, count_frames, crafted_checkpoint, run_cli, small_hopper, write_image_folder, write_video,
-                      yolo_cli)
+from conftest import (REPO, count_frames, crafted_checkpoint, input_sensitive, run_cli, small_hopper, write_image_folder,
+                      write_video, yolo_cli)
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import TTAValidator, evaluate, table
@@ -590,13 +590,15 @@ def test_cam_command_skips_unreadable_images(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def two_class(tmp_path_factory):
-    """A tiny two-class image folder (train/, val/) and an untrained classifier for it."""
+    """A tiny two-class image folder (train/, val/) and an untrained classifier for it, whose answers depend on the
+    image (:func:`conftest.input_sensitive`)."""
     from ultralytics.nn.tasks import ClassificationModel
 
     root = tmp_path_factory.mktemp("eval")
     names = ("happy", "sad")
     data = write_image_folder(root / "faces", classes=names, per_class=3, size=32)
-    model = ClassificationModel("spayolo-n.yaml", nc=2, verbose=False)
+    torch.manual_seed(0)
+    model = input_sensitive(ClassificationModel("spayolo-n.yaml", nc=2, verbose=False), imgsz=32)
     model.names = dict(enumerate(names))
     ckpt = root / "tiny.pt"
     torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, ckpt)
@@ -668,10 +670,16 @@ def test_evaluate_tta_on_pytorch_and_onnx_at_the_models_own_size(two_class, tmp_
     data, ckpt = two_class
     monkeypatch.chdir(tmp_path)
     exported = YOLO(str(ckpt)).export(format="onnx", imgsz=32, dynamic=True, opset=17)
+    scored, postprocess = [], TTAValidator.postprocess  # what each run scored, image by image
+    monkeypatch.setattr(TTAValidator, "postprocess", lambda self, preds: scored.append(postprocess(self, preds))
+                        or scored[-1])
     pt = evaluate(str(ckpt), str(data), batch=2, device="cpu", tta=True)  # train_args say 32
+    pt_probs, scored[:] = torch.cat(scored), []
     onnx = evaluate(exported, str(data), batch=2, device="cpu", tta=True)  # the export metadata say 32
     assert pt["imgsz"] == onnx["imgsz"] == 32
     assert pt["tta"] and pt["images"] == onnx["images"] == 6 and pt["confusion"] == onnx["confusion"]
+    assert pt_probs.shape == (6, 2) and (pt_probs.amax(0) - pt_probs.amin(0)).min() > 1e-3  # answers differ
+    torch.testing.assert_close(torch.cat(scored), pt_probs, atol=1e-4, rtol=0)
 
 
 def test_evaluate_scores_a_checkpoint_without_train_args_at_64(two_class, tmp_path):
