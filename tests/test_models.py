@@ -76,7 +76,7 @@ def test_models_grow_with_scale(stem):
 
 @pytest.mark.parametrize("stem", UNSCALED)
 def test_unscaled_yaml_refuses_a_scale_letter(stem):
-    """lanmsff-x.yaml must not quietly build the paper-size network and record scale x (issue 12.12)."""
+    """lanmsff-x.yaml must not quietly build the paper-size network and record scale x."""
     from ultralytics import YOLO
 
     with pytest.raises(ModelConfigError, match=rf"{stem}-x\.yaml: scale 'x' .*has no scales"):
@@ -121,7 +121,8 @@ def test_local_yaml_takes_precedence(tmp_path, monkeypatch):
 
 
 def test_predict_then_train_in_one_process(tiny_dataset):
-    """A prediction, then training a new model at the same size in the same process (issue 12.9)."""
+    """A prediction, then training a new model at the same size in the same process: no cached basis or index built
+    under inference mode may reach the training step's backward."""
     from ultralytics import YOLO
 
     for cache in (_dft_basis, _dft2_matrix, _tap_index):

@@ -119,7 +119,7 @@ ORDER = textwrap.dedent(
     print("TASK", YOLO(sys.argv[1]).task)
     """
 )
-FAST_ORDERS = ("spayolo.nn",)  # issue 12.8's order; the others (parser imported from within, ...) run as slow
+FAST_ORDERS = ("spayolo.nn",)  # the order that once left blocks refused; the others run as slow
 ULTRALYTICS_FIRST = ("ultralytics", "ultralytics.nn.modules", "ultralytics.data.utils", "ultralytics.engine.model",
                      "ultralytics.engine.trainer", "ultralytics.engine.validator", "ultralytics.engine.exporter")
 
@@ -130,7 +130,7 @@ ULTRALYTICS_FIRST = ("ultralytics", "ultralytics.nn.modules", "ultralytics.data.
 ])
 def test_any_import_order_registers_and_loads_safely(first, tmp_path):
     """A fresh interpreter imports one module first; spayolo is then registered once and the shipped weights load
-    under ULTRALYTICS_SAFE_LOAD=1 (issue 12.8: ``import spayolo.nn`` first used to leave them refused)."""
+    under ULTRALYTICS_SAFE_LOAD=1 (``import spayolo.nn`` first must not leave the blocks off the allow-list)."""
     result = run_cli([sys.executable, "-c", ORDER.format(first=first), str(WEIGHTS)], cwd=tmp_path,
                      env={"ULTRALYTICS_SAFE_LOAD": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -184,7 +184,8 @@ def test_register_before_ultralytics_patches_once(tmp_path):
 
 @pytest.mark.slow  # a fresh interpreter each: kept out of the quick run
 def test_a_bug_in_spayolo_nn_is_not_swallowed(tmp_path):
-    """An ImportError inside registration fails the import that triggered it, naming the cause (issue 12.12)."""
+    """An ImportError inside registration fails the import that triggered it, naming the cause: a broken block
+    module must not leave Ultralytics running without spayolo's parser."""
     code = "import sys; sys.modules['spayolo.nn.wamf'] = None; import ultralytics.nn.tasks"
     result = run_cli([sys.executable, "-c", code], cwd=tmp_path)
     assert result.returncode != 0
@@ -410,8 +411,9 @@ def test_unknown_scale(tmp_path):
         build(cfg)
 
 
-def test_stock_yolo_yaml_unchanged():
-    """A YAML without spayolo blocks goes to the stock parser: same layers, same parameter count."""
+def test_stock_yolo_yaml_unchanged(monkeypatch):
+    """A YAML without spayolo blocks goes to the stock parser: same layers, same parameter count, same model."""
+    from ultralytics.nn import tasks
     from ultralytics.nn.tasks import ClassificationModel, parse_model, yaml_model_load
 
     d = yaml_model_load("yolov8n-cls.yaml")
@@ -419,4 +421,8 @@ def test_stock_yolo_yaml_unchanged():
     stock, _ = parse_model.stock(dict(yaml_model_load("yolov8n-cls.yaml")), 3, verbose=False)
     assert [type(m) for m in ours] == [type(m) for m in stock]
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in stock.parameters())
-    assert isinstance(ClassificationModel("yolov8n-cls.yaml", nc=7, verbose=False), ClassificationModel)
+    model = ClassificationModel("yolov8n-cls.yaml", nc=7, verbose=False)  # through spayolo's parser
+    monkeypatch.setattr(tasks, "parse_model", parse_model.stock)
+    stock_model = ClassificationModel("yolov8n-cls.yaml", nc=7, verbose=False)
+    assert [m.type for m in model.model] == [m.type for m in stock_model.model] and model.save == stock_model.save
+    stock_model.load_state_dict(model.state_dict())  # strict: every tensor's name and shape alike
