@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import statistics
 
 import pytest
 import torch
@@ -31,16 +33,33 @@ def finished_sweep(tiny_dataset, tmp_path_factory):
     return file, root
 
 
-def test_sweep_scores_every_run_and_tabulates_groups(finished_sweep, capsys):
+@pytest.fixture
+def own_sweep(finished_sweep, tmp_path):
+    """A copy of the finished sweep's runs for a test that changes them, so that no test sees another's changes."""
+    file, root = finished_sweep
+    shutil.copytree(root / "runs", tmp_path / "runs")  # copy2 keeps best.pt's mtime, which scoring is keyed on
+    return file, tmp_path
+
+
+def test_sweep_scores_every_run_and_tabulates_groups(finished_sweep, tiny_dataset):
+    from spayolo.apps.evaluate import evaluate
+
     file, root = finished_sweep
     rows = json.loads((root / "runs" / "sweep.json").read_text())
     assert list(rows) == ["a", "b"]
-    for row in rows.values():
-        assert row["epochs"] == 1 and 0 <= row["top1"] <= 1 and 0 <= row["top1_tta"] <= 1
-        assert row["params"] == 1_440_850 and row["cpu_ms"] > 0 and set(row["per_class"]) == {"happy", "sad"}
+    for name, row in rows.items():
+        best = root / "runs" / name / "weights" / "best.pt"
+        plain = evaluate(str(best), str(tiny_dataset), 32, device="cpu")
+        flipped = evaluate(str(best), str(tiny_dataset), 32, device="cpu", tta="flip")
+        assert (row["top1"], row["top1_tta"]) == (plain["top1"], flipped["top1"])  # best.pt at the run's imgsz
+        assert row["mean_class_accuracy"] == plain["mean_class_accuracy"] and row["per_class"] == plain["per_class"]
+        assert row["epochs"] == 1 and row["params"] == 1_440_850 and row["cpu_ms"] > 0
     table = (root / "runs" / "sweep.md").read_text()
-    assert "| a | yolov8n-cls | 1 |" in table and "second seed |" in table
-    assert "g: top-1" in table and "2 runs" in table
+    a, b = rows["a"], rows["b"]
+    assert f"| a | yolov8n-cls | 1 | {100 * a['top1']:.2f} % | {100 * a['top1_tta']:.2f} % |" in table
+    assert "second seed |" in table
+    mean = statistics.fmean([100 * a["top1"], 100 * b["top1"]])
+    assert f"g: top-1 {mean:.2f} +- " in table and "2 runs" in table
 
 
 def test_sweep_exports_fp16_checkpoints_without_optimizer(finished_sweep):
@@ -51,10 +70,10 @@ def test_sweep_exports_fp16_checkpoints_without_optimizer(finished_sweep):
         assert {p.dtype for p in ckpt["model"].parameters()} == {torch.float16}
 
 
-def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(finished_sweep, monkeypatch):
+def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(own_sweep, monkeypatch):
     from ultralytics import YOLO
 
-    file, root = finished_sweep
+    file, root = own_sweep
     last = root / "runs" / "b" / "weights" / "last.pt"
     ckpt = torch.load(last, weights_only=False)
     ckpt["epoch"] = 0  # as Ultralytics leaves a run stopped after its first epoch
@@ -85,10 +104,10 @@ def test_a_resumed_run_interrupted_again_is_resumed_not_restarted(finished_sweep
     assert training_state(run, {**wanted, "lr0": 5e-4}) == "new"
 
 
-def test_sweep_retrains_a_run_whose_arguments_changed(finished_sweep, tiny_dataset, monkeypatch):
+def test_sweep_retrains_a_run_whose_arguments_changed(own_sweep, tiny_dataset, monkeypatch):
     from ultralytics import YOLO
 
-    file, root = finished_sweep
+    file, root = own_sweep
     changed = write_sweep(root / "changed.yaml", {"model": "yolov8n-cls.yaml", "data": str(tiny_dataset), **RECIPE},
                           {"a": {"lr0": 5e-4}})
     calls = []
@@ -98,18 +117,19 @@ def test_sweep_retrains_a_run_whose_arguments_changed(finished_sweep, tiny_datas
     assert len(calls) == 1 and calls[0]["lr0"] == 5e-4 and calls[0]["name"] == "a" and "resume" not in calls[0]
 
 
-def test_sweep_takes_groups_and_notes_from_the_file_as_it_is_now(finished_sweep, tiny_dataset, monkeypatch):
+def test_sweep_takes_groups_and_notes_from_the_file_as_it_is_now(own_sweep, tiny_dataset, monkeypatch):
     from ultralytics import YOLO
 
-    _, root = finished_sweep
+    _, root = own_sweep
+    scored = json.loads((root / "runs" / "sweep.json").read_text())
     regrouped = write_sweep(root / "regrouped.yaml", {"model": "yolov8n-cls.yaml", "data": str(tiny_dataset), **RECIPE},
                             {"a": {"note": "first seed"}, "b": {"seed": 1, "group": "h"}})
-    monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: None)  # an earlier test may have left b interrupted
+    monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: pytest.fail("trained a finished run"))
     monkeypatch.setattr(sweep, "score", lambda *args: pytest.fail("scored a run whose best.pt did not change"))
     assert cli.main(["sweep", str(regrouped), "--project", str(root / "runs")]) == 0
     rows = json.loads((root / "runs" / "sweep.json").read_text())
-    assert rows["a"]["note"] == "first seed" and "group" not in rows["a"]
-    assert rows["b"]["group"] == "h" and "note" not in rows["b"] and rows["b"]["top1"] >= 0
+    assert rows["a"] == {**{k: v for k, v in scored["a"].items() if k != "group"}, "note": "first seed"}
+    assert rows["b"] == {**{k: v for k, v in scored["b"].items() if k != "note"}, "group": "h"}  # scores kept
 
 
 @pytest.mark.parametrize("cfg, message", [
