@@ -44,10 +44,22 @@ def test_training_table_ends_with_the_measured_ratio(tmp_path, capsys):
     assert low - 0.005 <= float(last[1]) <= high + 0.005
 
 
-def test_scan_share_counts_only_the_scan():
+def test_scan_share_counts_the_scan_of_the_timed_passes_only(monkeypatch):
+    """On a fake clock a forward pass takes 3 s outside the scan and 1 s in it: the share is 1/4 exactly, and would
+    not be if the warm-up pass or the rest of the model counted as scan time."""
+    import spayolo.nn.fermam as fermam
+
+    clock, scan = [0.0], fermam.selective_scan
+
+    def one_second_scan(*args):
+        clock[0] += 1.0
+        return scan(*args)
+
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(fermam, "selective_scan", one_second_scan)
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), ConvSSM(16, 16)).eval()
-    share = benchmark.scan_share(block, 16, torch.device("cpu"), repeats=2)
-    assert 0 < share < 1
+    block.register_forward_pre_hook(lambda module, inputs: clock.__setitem__(0, clock[0] + 3.0))
+    assert benchmark.scan_share(block, 16, torch.device("cpu"), repeats=2) == 0.25
     assert benchmark.scan_share(torch.nn.Conv2d(3, 3, 1), 16, torch.device("cpu"), repeats=2) == 0.0
 
 

@@ -51,9 +51,12 @@ def test_ram_loader_serves_each_image_with_its_own_extras(tmp_path):
     data = RamImages(identity_images(tmp_path))
     rows = torch.arange(12.0).view(12, 1) * torch.ones(1, 3)  # row i belongs to image i
     loader = RamLoader(data, dataset=None, batch_size=5, shuffle=True, seed=1, raw=True, extras={"teacher": rows})
+    served = []
     for batch in loader:
         index = batch["img"][:, 0, 0, 0].float() / 10
         torch.testing.assert_close(batch["teacher"][:, 0], index)
+        served += index.tolist()
+    assert sorted(served) == list(range(12)) and served != sorted(served)  # every image once, shuffled
     with pytest.raises(ValueError, match="extras\\['teacher'\\] has 11 rows for 12 images"):
         RamLoader(data, dataset=None, batch_size=5, shuffle=True, extras={"teacher": rows[:11]})
 
