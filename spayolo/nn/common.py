@@ -79,10 +79,10 @@ class PaddedDWConv(DWConv):
     """Ultralytics' ``DWConv`` (depthwise k x k, BN, SiLU), fast where the kernel is wider than the map.
 
     Same weights, same outputs. oneDNN's CPU depthwise convolution is at its slowest where its padding is as wide as
-    the map, e.g. SPAM's 5x5 and 7x7 at P4 of a 64 px face (4x4). A forward alone is 2-3x faster on an AVX2 CPU with
-    the padding done first and the convolution unpadded. A training step is slowest in the backward (6-12 ms per 64
-    faces in bf16, 2-4 ms in fp32, on one core), so with gradients on each channel's convolution becomes an
-    (HW x HW) matrix of its kernel taps gathered from the weights (1.7 ms). Larger maps keep the convolution.
+    the map, e.g. SPAM's 5x5 and 7x7 at P4 of a 64 px face (4x4). A forward alone is faster with the padding done
+    first and the convolution unpadded. A training step spends most in that convolution's backward, so with gradients
+    on each channel's convolution becomes an (HW x HW) matrix of its kernel taps gathered from the weights, whose
+    backward is a matrix product. Larger maps keep the convolution.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,8 @@ def channels_last(x: torch.Tensor) -> bool:
     """True for a 4-D tensor laid out channels_last and not also plain contiguous (a 1x1 map is both).
 
     Blocks that compute through matrix products keep this layout: an elementwise op, BatchNorm or SiLU that meets
-    one channels_last and one contiguous operand falls off oneDNN's fast path (3-5x slower in bf16 on a CPU).
+    one channels_last and one contiguous operand falls off oneDNN's fast path (several times slower in bf16 on a
+    CPU).
     """
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 

@@ -39,7 +39,7 @@ def _dft2_matrix(h: int, w: int, device: torch.device, dtype: torch.dtype) -> to
         return matrix.to(device, dtype)
 
 
-_ONE_MATRIX_AREA = 256  # up to 16x16 one (hw x hw) product is faster than two pairs of small ones (4x4: 8x)
+_ONE_MATRIX_AREA = 256  # up to 16x16 one (hw x hw) product is faster than two pairs of small ones
 
 
 def real_dft2(x: torch.Tensor) -> torch.Tensor:
