@@ -190,7 +190,8 @@ def test_spam_ablations_drop_their_part():
         torch.testing.assert_close(spam(x), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 7, 7), (1, 4, 14, 14), (1, 2, 16, 17), (2, 2, 28, 28), (1, 2, 6, 10)])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 7, 7), (1, 4, 14, 14), (1, 2, 16, 17), (2, 2, 28, 28),
+                                   (1, 2, 6, 10)])
 def test_real_dft2_matches_fft(shape):
     x = torch.randn(shape, dtype=torch.float32)
     h, w = shape[-2:]
@@ -240,7 +241,8 @@ def test_padded_dwconv_equals_dwconv_on_any_map(k, s, d, hw):
     stock, padded = DWConv(8, 8, k, s, d), PaddedDWConv(8, 8, k, s, d)
     padded.load_state_dict(stock.state_dict())
     x = torch.randn(2, 8, *hw, requires_grad=True)
-    (stock_out, stock_grad), (out, grad) = ((y, torch.autograd.grad(y.square().sum(), x)[0]) for y in (stock(x), padded(x)))
+    (stock_out, stock_grad), (out, grad) = ((y, torch.autograd.grad(y.square().sum(), x)[0])
+                                            for y in (stock(x), padded(x)))
     torch.testing.assert_close(out, stock_out)
     torch.testing.assert_close(grad, stock_grad)
     padded.eval().conv = fuse_conv_and_bn(padded.conv, padded.bn)
@@ -253,7 +255,8 @@ def test_spam_parameter_count_by_hand():
     c = 16
     # HRM: 4 pointwise Conv(c,c) = 4(c^2 + 2c) [weights + BN], depthwise 3/5/7 = c(9+25+49) + 3*2c, mix weights 3+3,
     # shared fusion Conv = c^2 + 2c. FEP: scale+bias 2c, SE (hidden 8) 17c + 8, compress c^2 + 2c. GAM: SE 17c + 8.
-    expected = 4 * (c * c + 2 * c) + c * 83 + 6 * c + 6 + (c * c + 2 * c) + 2 * c + (17 * c + 8) + (c * c + 2 * c) + (17 * c + 8)
+    hrm = 4 * (c * c + 2 * c) + c * 83 + 6 * c + 6 + (c * c + 2 * c)
+    expected = hrm + 2 * c + (17 * c + 8) + (c * c + 2 * c) + (17 * c + 8)
     assert expected == 6 * c * c + 137 * c + 22
     assert n_params(SPAM(c, c)) == expected
     assert n_params(SPAM(c, c, frequency=False)) == expected - (2 * c + 17 * c + 8 + c * c + 2 * c)
@@ -440,7 +443,7 @@ def naive_routing(head: CapsuleHead, x: torch.Tensor) -> torch.Tensor:
                 u_hat.append((u @ head.weight[k]).view(head.nc, head.out_dim))
         u_hat = torch.stack(u_hat)  # (N, nc, D_out)
         logit = torch.zeros(u_hat.shape[:2])
-        for r in range(head.iters):
+        for _ in range(head.iters):
             c = logit.softmax(1)
             v = squash((c[..., None] * u_hat).sum(0) * head.nc / len(u_hat))  # mean over each class's share
             logit = logit + (u_hat * v).sum(-1)

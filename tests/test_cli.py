@@ -44,7 +44,8 @@ PREDICT = textwrap.dedent(
 def test_new_process_reloads_and_predicts(trained, tiny_dataset, safe):
     work, best = trained
     image = next((tiny_dataset / "val" / "happy").glob("*.jpg"))
-    result = run_cli([sys.executable, "-c", PREDICT, str(best), str(image)], cwd=work, env={"ULTRALYTICS_SAFE_LOAD": safe})
+    result = run_cli([sys.executable, "-c", PREDICT, str(best), str(image)], cwd=work,
+                     env={"ULTRALYTICS_SAFE_LOAD": safe})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TOP1" in result.stdout and "spayolo.nn.spam" in result.stdout
 

@@ -51,7 +51,7 @@ def test_every_yaml_exports_and_matches_pytorch(stem, tmp_path, monkeypatch):
 
 
 def face_crops() -> np.ndarray:
-    """Real faces (the photos shipped with ultralytics and matplotlib), cut by MTCNN and aligned as the pipeline does."""
+    """Real faces (photos shipped with installed packages), cut by MTCNN and aligned as the pipeline does."""
     from spayolo.face.detectors import MTCNNDetector
     from spayolo.pipeline import FERPipeline
 

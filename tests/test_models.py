@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from conftest import MODELS, REPO, build_model, input_sensitive, n_params, onnx_run, ss2d_params
-from spayolo.nn.fermam import ASFR, SS2D, ConvSSM
 from spayolo.nn.common import _tap_index
+from spayolo.nn.fermam import ASFR, SS2D, ConvSSM
 from spayolo.nn.spam import _dft2_matrix, _dft_basis
 from spayolo.parser import ModelConfigError
 

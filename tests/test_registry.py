@@ -325,7 +325,8 @@ def test_imgsz_checks_are_looked_up_by_name_where_spayolo_swaps_them():
                               (predictor, [predictor.BasePredictor.setup_source])):
         assert "check_imgsz" in vars(module), module.__name__
         for function in functions:
-            assert "check_imgsz(" in inspect.getsource(function) and inspect.unwrap(function).__globals__ is vars(module)
+            assert "check_imgsz(" in inspect.getsource(function)
+            assert inspect.unwrap(function).__globals__ is vars(module)
 
 
 def test_every_patch_is_in_place():
@@ -394,7 +395,8 @@ def test_from_index_out_of_range(tmp_path):
 def test_wrong_channel_count_is_named(tmp_path):
     """SPAM fed two inputs of different widths cannot keep its width: the error names layer, block and widths."""
     path = write_model(tmp_path, {7: [[-1, 4], 1, "SPAM", []]})
-    with pytest.raises(ModelConfigError, match=r"broken\.yaml: layer 7 \(SPAM\): cannot build SPAM.*\[\[512, 256\], 512\]"):
+    message = r"broken\.yaml: layer 7 \(SPAM\): cannot build SPAM.*\[\[512, 256\], 512\]"
+    with pytest.raises(ModelConfigError, match=message):
         build(path)
 
 

@@ -25,18 +25,27 @@ import yaml
 from PIL import Image
 from ultralytics.data.augment import classify_transforms
 
-from conftest import (REPO, count_frames, crafted_checkpoint, input_sensitive, run_cli, small_hopper, write_image_folder,
-                      write_video, yolo_cli)
+from conftest import (
+    REPO,
+    count_frames,
+    crafted_checkpoint,
+    input_sensitive,
+    run_cli,
+    small_hopper,
+    write_image_folder,
+    write_video,
+    yolo_cli,
+)
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import TTAValidator, evaluate, table
 from spayolo.apps.kfold import fold_roots, inner_split, load_candidates, parse_overrides
-from spayolo.apps.live import StopSignals, Stopped
+from spayolo.apps.live import Stopped, StopSignals
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.checkpoints import training_state
-from spayolo.engine.classify import FERValidator
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
-from spayolo.pipeline import FERPipeline, Face
+from spayolo.engine.classify import FERValidator
+from spayolo.pipeline import Face, FERPipeline
 from spayolo.tta import view_fractions
 
 TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.py")
@@ -651,7 +660,8 @@ def test_tta_validator_averages_every_view_and_its_mirror(mode):
 
 
 def test_flip_zoom_validator_cuts_the_zoomed_view_from_the_decoded_image(tmp_path):
-    """The pipeline cuts a zoomed view from the frame; the validator from the image file, not from its model-sized copy."""
+    """The pipeline cuts a zoomed view from the frame; the validator from the image file, not from its model-sized
+    copy."""
     data = write_image_folder(tmp_path / "faces", per_class=1, size=64)  # scored at 32
     validator = TTAValidator.for_mode("flip+zoom")(args={"imgsz": 32, "split": "val", "data": str(data)})
     assert validator.tta == "flip+zoom"

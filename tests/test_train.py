@@ -45,6 +45,49 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tmp_path):
     assert epoch(1) == epoch(1) and epoch(1) != epoch(2)
 
 
+def test_decoding_holds_the_array_and_one_chunk_of_images(tmp_path, monkeypatch):
+    """The peak of cache=ram is the array the split is decoded into plus a few images in flight, not every decoded
+    image in a list beside the array stacked from it."""
+    import tracemalloc
+
+    from spayolo.engine import ramdata
+
+    samples = identity_images(tmp_path, count=24, size=96)
+    monkeypatch.setattr(ramdata, "_DECODE_CHUNK", 2)
+    tracemalloc.start()
+    try:
+        data = RamImages(samples)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data.images.shape == (24, 1, 96, 96) and data.images[:, 0, 0, 0].tolist() == [10 * i for i in range(24)]
+    assert peak < 1.5 * data.images.nbytes
+
+
+@pytest.mark.parametrize("order", ["gray colour small", "gray small colour", "small colour gray"])
+def test_a_split_turning_colour_or_changing_size_keeps_every_decoded_image(tmp_path, order):
+    """The array grows to three channels at the first colour image and to size x size at the first image whose size
+    differs; every image decoded before is carried over as if it had been decoded after."""
+    import cv2
+
+    from spayolo.engine.ramdata import _squash
+
+    rng = np.random.default_rng(0)
+    images = {"gray": rng.integers(0, 255, (48, 48), np.uint8), "colour": rng.integers(0, 255, (48, 48, 3), np.uint8),
+              "small": rng.integers(0, 255, (40, 40), np.uint8)}
+    files = []
+    for name in order.split():
+        files.append(str(tmp_path / f"{name}.png"))
+        cv2.imwrite(files[-1], images[name])
+    data = RamImages([(f, 0) for f in files], size=32)
+    rgb = [cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB).transpose(2, 0, 1) for f in files]
+    np.testing.assert_array_equal(data.images.numpy(), np.stack([_squash(np.ascontiguousarray(x), 32) for x in rgb]))
+    with pytest.raises(ValueError, match="different sizes"):
+        RamImages([(f, 0) for f in files])
+    gray = RamImages([(tmp_path / "gray.png", 0), (tmp_path / "colour.png", 0)])
+    assert gray.images.shape == (2, 3, 48, 48) and (gray.images[0] == gray.images[0, :1]).all()
+
+
 def test_augmentation_is_random_per_image_and_reproducible():
     images = torch.randint(0, 255, (16, 1, 48, 48), dtype=torch.uint8)
     augment = BatchAugment(48, scale=0.3, degrees=10, hsv_v=0.3, erasing=0.5)
@@ -85,8 +128,8 @@ def test_crop_boxes_follow_torchvision_random_resized_crop():
 def test_batch_augmentation_gives_torchvisions_pixels_for_the_same_draws():
     """Crop, flip, brightness and contrast (both orders) given the same boxes and factors: the batch path and the
     stock PIL/torchvision transforms differ by PIL's rounding, not by any shift, scale or colour change."""
-    from PIL import Image
     import torchvision.transforms.functional as TF
+    from PIL import Image
 
     g = torch.Generator().manual_seed(0)
     faces = F.avg_pool2d(torch.rand(32, 1, 52, 52, generator=g), 5, 1).mul(255).round().to(torch.uint8)  # smooth 48 px

@@ -17,7 +17,8 @@ class Adan(Optimizer):
     The betas are the momentum factors, as in the authors' and timm's code (0.98, 0.92, 0.99).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.98, 0.92, 0.99), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.98, 0.92, 0.99), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"Adan needs lr, eps and weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
         if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):

@@ -20,7 +20,6 @@ FORMAT = "spayolo-teacher-1"
 def _split_samples(folder: Path) -> tuple[list, dict[int, str]]:
     """The ``(file, class)`` rows and class names of an image folder, in the order the stock dataset reads it."""
     from torchvision.datasets import ImageFolder
-
     from ultralytics.data.utils import IMG_FORMATS
 
     found = ImageFolder(str(folder), allow_empty=True, is_valid_file=lambda f: f.rsplit(".", 1)[-1].lower() in
@@ -41,6 +40,7 @@ def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Pa
     from ultralytics.data.augment import classify_transforms
 
     from spayolo.pipeline import Classifier, checked_device
+
     from .ramdata import RamImages
 
     folder = Path(folder)

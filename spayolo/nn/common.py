@@ -1,4 +1,5 @@
-"""Pieces shared by several papers' blocks: SE gate, small-map depthwise conv, channel shuffle, width check, head output."""
+"""Pieces shared by several papers' blocks: SE gate, small-map depthwise conv, channel shuffle, width check, head
+output."""
 
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def classify_output(head: nn.Module, logits: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Ultralytics' ``Classify`` contract for spayolo heads: logits in training, (probs, logits) in eval, probs exported.
+    """Ultralytics' ``Classify`` contract for spayolo heads: logits in training, (probs, logits) in eval, probs
+    exported.
 
     Ultralytics' exporter switches only its own ``Classify`` to export mode, so spayolo heads ask torch instead: under
     ONNX export, tracing (TorchScript, CoreML, OpenVINO) or ``torch.export`` they give the single probability output

@@ -101,8 +101,8 @@ class PWFS(nn.Module):
 class SeparableConv(nn.Module):
     """Depthwise k x k then pointwise 1x1 conv, BN, activation: Keras' SeparableConv2D + BN as LANMSFF's code uses it.
 
-    No activation between the depthwise and pointwise convs, unlike Ultralytics' ``DWConv`` + ``Conv``; the activation is
-    Ultralytics' ``Conv.default_act`` (a YAML's ``activation:``), so the block follows the model like ``Conv`` does.
+    No activation between the depthwise and pointwise convs, unlike Ultralytics' ``DWConv`` + ``Conv``; the activation
+    is Ultralytics' ``Conv.default_act`` (a YAML's ``activation:``), so the block follows the model like ``Conv`` does.
 
     Args:
         c1 (int): Input channels.

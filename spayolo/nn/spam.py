@@ -93,7 +93,8 @@ class HRM(nn.Module):
 
 @register_layer
 class FEP(nn.Module):
-    """Frequency-enhanced path: Re(FFT2) (eq. 3), channel scale/bias, SE weights (eq. 4, 6), 1x1 (eq. 5), reweight (eq. 7).
+    """Frequency-enhanced path: Re(FFT2) (eq. 3), channel scale/bias, SE weights (eq. 4, 6), 1x1 (eq. 5), reweight
+    (eq. 7).
 
     The spectrum is ortho-normalised so its magnitude does not grow with the map size, and the 1x1 compression is a
     Conv (BN + SiLU) so that the DC term, which dominates the real spectrum, is normalised before it meets Q. The SE
@@ -114,7 +115,8 @@ class FEP(nn.Module):
 
 @register_layer
 class GAM(nn.Module):
-    """Gated attention: A = sigmoid(Q * V) (eq. 8), g = sigmoid(W2 relu(W1 GAP(V))) (eq. 9), out = (A * V) g + X (eq. 10).
+    """Gated attention: A = sigmoid(Q * V) (eq. 8), g = sigmoid(W2 relu(W1 GAP(V))) (eq. 9), out = (A * V) g + X
+    (eq. 10).
 
     ``attention="spatial"`` replaces eq. 8 with the authors' public code: A = sigmoid(Q^T K / sqrt(C)), an HW x HW map
     applied to V, for comparison. It costs O((HW)^2 C) and is not the default.

@@ -95,9 +95,9 @@ class CapsuleHead(nn.Module):
     its own transform to every class capsule (shared over positions, so any input size works). Routing runs ``iters``
     (3) rounds of softmax-over-classes coupling, squash and agreement update. The N predictions (N = positions x types:
     128 at 64 px, 1,568 at 224 px) enter a class capsule's input scaled by nc / N, a mean over its share of them instead
-    of their sum (agreement still uses them unscaled): summed, 128 agreeing predictions pushed every class length to ~1 within an epoch, where squash's
-    gradient vanishes and training stalled at the majority class. Routing runs in fp32 under autocast (its squash
-    and softmax compare near-equal lengths). Scores: the class-capsule lengths lie in
+    of their sum (agreement still uses them unscaled): summed, 128 agreeing predictions pushed every class length to
+    ~1 within an epoch, where squash's gradient vanishes and training stalled at the majority class. Routing runs in
+    fp32 under autocast (its squash and softmax compare near-equal lengths). Scores: the class-capsule lengths lie in
     [0, 1), so the logits are ``scale * length`` with a learned ``scale`` (initial 10) and the head is trained with
     Ultralytics' cross-entropy instead of the margin loss; softmax and top-1/top-5 then rank classes by capsule length.
     Behaves like ``Classify``: logits in training, (probs, logits) in eval, probs when exported. There is no
