@@ -25,4 +25,4 @@ def test_wheel_ships_autoload_and_yamls(tmp_path):
         assert f"spayolo/{module}.py" in names
     for path in (REPO / "weights").glob("*.*"):
         assert f"spayolo/weights/{path.name}" in names  # the pipeline's default classifier after `pip install .`
-    assert not [n for n in names if n.startswith("spayolo/weights/") and n.count("/") > 2]  # zoo, baselines, records
+    assert not [n for n in names if n.startswith("spayolo/weights/") and n.count("/") > 2]  # zoo, run records
