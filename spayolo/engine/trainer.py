@@ -15,6 +15,9 @@ Switched on by stock arguments, each documented in the README:
 - ``distill=teacher.pt`` (spayolo's, with ``cache=ram``): knowledge distillation from the per-image probabilities
   that ``spayolo teach`` computed on the training split (:mod:`~spayolo.engine.distill`), weighted by
   ``distill_weight`` against the label loss and softened at temperature ``distill_temp``.
+- With ``cache=ram`` under DDP (``device=0,1,...``) each rank trains on its own share of every epoch and the ranks
+  of a machine map one decoded copy of each split (:meth:`FERTrainer.get_dataloader`). On a GPU the fast path
+  changes the data path only: AMP, channels_last and the optimizer stay Ultralytics' own.
 - ``imgsz`` is rounded up to a multiple of 16, not 32 (:data:`~spayolo.engine.classify.CLASSIFIER_STRIDE`), so that
   ``imgsz=48`` trains at FER2013's native size; the stock trainer would train it at 64.
 - With ``cache=ram`` on a CPU, PyTorch computes on every core: Ultralytics keeps one core free for dataloader workers
@@ -37,20 +40,22 @@ from copy import copy
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import ultralytics.engine.trainer as base_trainer
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.patches import override_configs
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
+from spayolo.errors import MissingFileError, UsageError
 from spayolo.nn.common import channels_last, keep_channels_last
 
 from .augment import BatchAugment, mix_batch
 from .classify import FERValidator, classifier_imgsz_rule
 from .distill import load_teacher
 from .loss import DistillationLoss, SmoothCrossEntropy
-from .ramdata import RamImages, RamLoader
+from .ramdata import RamImages, RamLoader, shared_cache_prefix
 from .transfer import align_head
 
 __all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "keep_freed_memory",
@@ -79,10 +84,9 @@ def keep_freed_memory() -> bool:
 
     Every training step frees and allocates again the same activations, a few MB each. By default glibc serves such
     blocks with fresh mmaps below a threshold it moves at run time and trims the top of its heap, so a step can pay
-    page faults on memory it has just given back, and a run switches between the two regimes unpredictably:
-    spayolo-n's fast path on a 2-core CPU ran at 61 or at 80 ms a batch of 64 (yolov8n-cls 49 or 65 ms). Fixed
-    thresholds (up to glibc's maximum mmap threshold, 32 MB) keep it at the fast one; the process keeps its peak
-    memory. Returns False, changing nothing, where the C library is not glibc.
+    page faults on memory it has just given back, and a run switches between a fast and a slow step time
+    unpredictably. Fixed thresholds (up to glibc's maximum mmap threshold, 32 MB) keep it at the fast one; the
+    process keeps its peak memory. Returns False, changing nothing, where the C library is not glibc.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -98,8 +102,8 @@ def keep_pool_gradients_channels_last(model: torch.nn.Module) -> None:
     """Make every global average pool of a channels_last model hand its gradient back channels_last.
 
     A pool's backward spreads the gradient over the map in the contiguous layout, and the BatchNorm and SiLU
-    backward of the conv before it then leave oneDNN's fast path: 1.8 ms instead of 0.2 ms a batch for the
-    1280-channel conv of Ultralytics' classification head, in bf16 on a CPU. The pool's input goes through
+    backward of the conv before it then leave oneDNN's fast path, several times slower for the 1280-channel conv of
+    Ultralytics' classification head in bf16 on a CPU. The pool's input goes through
     :func:`~spayolo.nn.common.keep_channels_last`, as SPAM's own matrix products do.
     """
     for module in model.modules():
@@ -123,13 +127,21 @@ def pointwise_convs_as_matmul(model: torch.nn.Module) -> None:
     """Run the 1x1 convolutions of a channels_last training model as matrix products: same weights, same values.
 
     oneDNN's bf16 convolution backward is several times its forward on the 2-8 px maps of a 64 px face, a GEMM's is
-    not: a spayolo-n training step on a 2-core CPU, 88 -> 85 ms (yolov8n-cls 54 -> 53). Only the model being trained
-    changes class; the EMA that checkpoints save is copied before, so checkpoints hold plain ``Conv2d`` layers.
+    not. Only the model being trained changes class; the EMA that checkpoints save is copied before, so checkpoints
+    hold plain ``Conv2d`` layers.
     """
     for module in model.modules():
         if (type(module) is torch.nn.Conv2d and module.kernel_size == (1, 1) and module.stride == (1, 1)
                 and module.padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1):
             module.__class__ = PointwiseMatmul
+
+
+def _rank_and_world(local_rank: int) -> tuple[int, int]:
+    """This process's rank and the number of ranks under DDP; (0, 1) outside it, where Ultralytics passes -1."""
+    if local_rank == -1 or not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
 
 def _seed_loader_epoch(trainer) -> None:
     if isinstance(trainer.train_loader, RamLoader):
@@ -142,7 +154,7 @@ class FERTrainer(ClassificationTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "distill_model", None):
-            raise ValueError(f"distill_model={self.args.distill_model}: Ultralytics distils Detect-head features, "
+            raise UsageError(f"distill_model={self.args.distill_model}: Ultralytics distils Detect-head features, "
                              "which a classifier lacks; for a classifier write a teacher file with spayolo teach and "
                              "train with cache=ram distill=<that file>")
         self.add_callback("on_train_epoch_start", _seed_loader_epoch)
@@ -155,19 +167,34 @@ class FERTrainer(ClassificationTrainer):
         return self.args.cache is True or str(self.args.cache).lower() in ("ram", "true")
 
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
-        """The stock DataLoader, or with ``cache=ram`` a :class:`RamLoader` over the split decoded once."""
+        """The stock DataLoader, or with ``cache=ram`` a :class:`RamLoader` over the split decoded once.
+
+        Under DDP (``rank``, the local rank, is not -1) each rank takes its own share of every epoch
+        (:class:`~spayolo.engine.ramdata.EpochSampler`) and the ranks of a machine map one decoded copy: its first
+        rank decodes the split into a file (:func:`~spayolo.engine.ramdata.shared_cache_prefix`), or finds it there
+        from an earlier run, while the others wait, then map it.
+        """
         train = mode == "train"
         if not self.ram_cache:
             if train and getattr(self.args, "distill", None):
-                raise ValueError(f"distill={self.args.distill} needs cache=ram: the teacher's probabilities are "
+                raise UsageError(f"distill={self.args.distill} needs cache=ram: the teacher's probabilities are "
                                  "looked up per image in the RAM cache")
             return super().get_dataloader(dataset_path, batch_size, rank, mode)
-        with override_configs(self.args, {"cache": False}):  # the stock dataset would cache its own copy
-            dataset = self.build_dataset(dataset_path, mode)
-        if not dataset.samples:
-            raise FileNotFoundError(f"No images found in the '{mode}' split of {dataset_path}")
-        LOGGER.info(f"{colorstr(mode + ':')} decoding {len(dataset.samples)} images into RAM (cache=ram)")
-        data = RamImages(dataset.samples, transform=None if train else dataset.torch_transforms, size=self.args.imgsz)
+        share, ranks = _rank_and_world(rank)
+        shared = shared_cache_prefix(dataset_path, self.save_dir) if ranks > 1 else None
+        with torch_distributed_zero_first(rank):  # a machine's first rank writes the dataset's caches, the rest read
+            with override_configs(self.args, {"cache": False}):  # the stock dataset would cache its own copy
+                dataset = self.build_dataset(dataset_path, mode)
+            if not dataset.samples:
+                raise MissingFileError(f"No images found in the '{mode}' split of {dataset_path}")
+            count = len(dataset.samples)
+            LOGGER.info(f"{colorstr(mode + ':')} " + (f"decoding {count} images into RAM (cache=ram)" if shared is None
+                        else f"{count} images in one copy for this machine's ranks, beside {shared} (cache=ram)"))
+            data = RamImages(dataset.samples, transform=None if train else dataset.torch_transforms,
+                             size=self.args.imgsz, shared=shared)
+        if data.file:
+            LOGGER.info(f"{colorstr(mode + ':')} {'mapped, decoded by an earlier run' if data.reused else 'decoded'}: "
+                        f"{data.file}")
         extras = {}
         if train:
             args = self.args
@@ -181,7 +208,13 @@ class FERTrainer(ClassificationTrainer):
                             f"temperature {args.distill_temp}")
         else:
             unwrap_model(self.model).transforms = dataset.torch_transforms  # what predict() applies, as stock
-        return RamLoader(data, dataset, batch_size, shuffle=train, seed=self.args.seed, raw=train, extras=extras)
+        loader = RamLoader(data, dataset, batch_size, shuffle=train, seed=self.args.seed, raw=train, extras=extras,
+                           rank=share, world_size=ranks)
+        if train and ranks > 1:
+            repeated = len(loader.sampler) * ranks - len(data)
+            LOGGER.info(f"{colorstr('DDP:')} each of {ranks} ranks trains on its own {len(loader.sampler)} images of "
+                        "every epoch" + (f", {repeated} of them repeated to even the shares" if repeated else ""))
+        return loader
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """The stock model; a pretrained head's rows follow this dataset's class names (:func:`align_head`)."""
@@ -254,8 +287,7 @@ class FERTrainer(ClassificationTrainer):
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """The stock optimizer; on the CPU fast path SGD, Adam and AdamW run PyTorch's fused CPU kernel, the same
-        update in one pass over each tensor instead of a few ops per tensor (spayolo-n on one core: AdamW 10.5 -> 4.7
-        ms a step, SGD with Nesterov momentum 4.0 -> 0.75 ms)."""
+        update in one pass over each tensor instead of a few ops per tensor."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         fusable = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
         if self.ram_cache and self.device.type == "cpu" and type(optimizer) in fusable:
