@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from spayolo.cli import COMMANDS
 from conftest import run_cli
+from spayolo.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

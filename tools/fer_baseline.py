@@ -80,7 +80,8 @@ def score(folder: Path, model: str, crop: str, batch: int = 256) -> None:
     print(f"fer {model} model, crop={crop}, {folder}: {total} images")
     for name in classes:
         print(f"  {name:<10} {counts[name]:>5}  {100 * per_class[name]:6.2f} %")
-    print(f"top-1 {100 * sum(hits.values()) / total:.2f} %, mean per class {100 * np.mean(list(per_class.values())):.2f} %")
+    mean_per_class = 100 * np.mean(list(per_class.values()))
+    print(f"top-1 {100 * sum(hits.values()) / total:.2f} %, mean per class {mean_per_class:.2f} %")
 
 
 def frames_per_second(video: Path) -> None:
