@@ -1,9 +1,16 @@
-"""Build step setup.cfg cannot express: ship ``spayolo-autoload.pth`` at the site-packages root.
+"""Build steps setup.cfg cannot express: the autoload .pth, and the deployment distribution spayolo-runtime.
 
-The .pth makes every interpreter (the ``yolo`` CLI, Ultralytics' DDP children, checkpoint reloads) register
-spayolo with Ultralytics without a user-side ``import spayolo``. See spayolo/_autoload.py.
+``spayolo-autoload.pth`` at the site-packages root makes every interpreter (the ``yolo`` CLI, Ultralytics' DDP
+children, checkpoint reloads) register spayolo with Ultralytics without a user-side ``import spayolo``
+(spayolo/_autoload.py).
+
+``SPAYOLO_DIST=runtime pip install .`` builds ``spayolo-runtime`` from the same sources, as opencv-python builds its
+headless twin: the ``spayolo`` package with only what ``FERPipeline(backend="onnx")`` and ``spayolo live`` need
+(NumPy, OpenCV without GUI libraries, ONNX Runtime), no torch, torchvision or Ultralytics, and no .pt weights.
+The two are alternatives: install one or the other into an environment.
 """
 
+import os
 from pathlib import Path
 
 from setuptools import setup
@@ -50,4 +57,15 @@ class EditableWithAutoload(editable_wheel):
         return _WithAutoload(super()._select_strategy(name, tag, build_lib))
 
 
-setup(cmdclass={"build_py": BuildWithAutoload, "editable_wheel": EditableWithAutoload})
+RUNTIME = {
+    "name": "spayolo-runtime",
+    "description": "Facial expression recognition on ONNX Runtime, NumPy and OpenCV: spayolo's deployment install",
+    "install_requires": ["numpy>=1.23", "opencv-python-headless>=4.8", "onnxruntime>=1.18"],
+    "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"]},
+    "package_data": {"spayolo": ["assets/*"], "spayolo.weights": ["*.onnx", "mtcnn/*.onnx"]},
+}
+flavour = os.environ.get("SPAYOLO_DIST", "full")
+if flavour not in ("full", "runtime"):
+    raise SystemExit(f"SPAYOLO_DIST={flavour!r}: build 'full' (spayolo, the default) or 'runtime' (spayolo-runtime)")
+setup(cmdclass={"build_py": BuildWithAutoload, "editable_wheel": EditableWithAutoload},
+      **(RUNTIME if flavour == "runtime" else {}))

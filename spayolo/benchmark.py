@@ -101,10 +101,11 @@ def scan_share(model, imgsz: int, device: torch.device, repeats: int) -> float:
 
 
 def measure_onnx(model, imgsz: int, repeats: int, batch: int) -> tuple[float, float]:
-    from spayolo.runtime import OnnxModule, export_onnx_bytes
+    from spayolo.export import onnx_bytes
+    from spayolo.runtime import OnnxModel
 
-    runner = OnnxModule(export_onnx_bytes(model, torch.zeros(1, 3, imgsz, imgsz), {0: "batch"}))
-    x1, xb = torch.randn(1, 3, imgsz, imgsz), torch.randn(batch, 3, imgsz, imgsz)
+    runner = OnnxModel(onnx_bytes(model, torch.zeros(1, 3, imgsz, imgsz), {0: "batch"}))
+    x1, xb = np.random.rand(1, 3, imgsz, imgsz), np.random.rand(batch, 3, imgsz, imgsz)
     latency = timed(lambda: runner(x1), 3, repeats, lambda: None)
     throughput = batch / timed(lambda: runner(xb), 1, max(repeats // 5, 2), lambda: None)
     return latency * 1e3, throughput

@@ -1,72 +1,102 @@
-"""ONNX Runtime plumbing shared by the face detector and the classifier: provider choice and in-memory export."""
+"""ONNX Runtime plumbing of the deployment path: devices, providers, thread counts and sessions, NumPy in and out.
+
+Nothing here imports torch: the face detector and the classifier of ``FERPipeline(backend="onnx")`` run on ONNX
+Runtime, NumPy and OpenCV alone, in the full install and in the torch-free runtime install alike.
+"""
 
 from __future__ import annotations
 
-import io
+import re
+import sys
 from pathlib import Path
 
-import torch
-from torch import nn
+import numpy as np
 
-__all__ = ("OnnxModule", "export_onnx_bytes", "onnx_providers", "onnx_session")
+from spayolo.errors import CheckpointError, MissingDependencyError, UsageError
+
+__all__ = ("OnnxModel", "cuda_index", "onnx_providers", "onnx_session")
 
 
-def onnx_providers(device: torch.device | str, providers: list[str] | None = None) -> list[str]:
-    """`providers` if given; else CUDA then CPU where onnxruntime-gpu and a CUDA device are there, else CPU."""
+def cuda_index(device) -> int | None:
+    """The GPU index of 'cuda' / 'cuda:N' (also a torch.device), None for 'cpu'; UsageError for anything else."""
+    text = str(device).strip().lower()
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", text)
+    if not match:
+        raise UsageError(f"device {device!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N' (--device)")
+    return None if text == "cpu" else int(match[1] or 0)
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise MissingDependencyError("the ONNX backend needs onnxruntime: pip install onnxruntime (or "
+                                     "onnxruntime-gpu)") from error
+    return onnxruntime
+
+
+def onnx_providers(device="cpu", providers: list | None = None) -> list:
+    """``providers`` if given; else CUDA (on the device's GPU) then CPU where onnxruntime-gpu has CUDA, else CPU.
+
+    A CUDA device with a CPU-only onnxruntime runs on the CPU after one warning: the models still work, slower.
+    """
     if providers:
         return list(providers)
-    try:
-        import onnxruntime as ort
-    except ImportError as error:
-        raise ImportError("the ONNX backend needs onnxruntime (pip install onnxruntime, or onnxruntime-gpu)") from error
-    cuda = torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    index = cuda_index(device)
+    if index is None:
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in _onnxruntime().get_available_providers():
+        print(f"warning: device {device} asked for, but this onnxruntime has no CUDA provider: ONNX models run on "
+              f"the CPU (pip install onnxruntime-gpu)", file=sys.stderr)
+        return ["CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
-def onnx_session(model: bytes | str | Path, device: torch.device | str = "cpu", providers: list[str] | None = None):
-    """An onnxruntime InferenceSession for a file or serialized model, on the providers `onnx_providers` picks."""
-    import onnxruntime as ort
-
+def onnx_session(model: bytes | str | Path, device="cpu", providers: list | None = None, threads: int | None = None):
+    """An InferenceSession for a file or serialized model; ``threads`` intra-op threads (None: one per core)."""
+    ort = _onnxruntime()
     options = ort.SessionOptions()
-    # ORT's idle threads otherwise busy-wait after each run, starving the PyTorch work between runs (crops, NMS)
+    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are not the user's
+    # idle threads otherwise busy-wait after each run, starving the NumPy and OpenCV work between runs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=onnx_providers(device, providers))
+    try:
+        return ort.InferenceSession(source, options, providers=onnx_providers(device, providers))
+    except Exception as error:  # onnxruntime reports unreadable models in its own exception types
+        name = "the model" if isinstance(model, bytes) else str(model)
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{name} is not a valid ONNX model: {first}") from error
 
 
-def export_onnx_bytes(model: nn.Module, example: torch.Tensor, dynamic: dict[int, str], opset: int = 17) -> bytes:
-    """Serialize `model` (float32, eval, CPU) to ONNX with input 'images' and the given dynamic axes of it."""
-    buffer = io.BytesIO()
-    model = model.cpu().float().eval()
-    torch.onnx.export(model, (example.cpu().float(),), buffer, opset_version=opset, dynamo=False,
-                      input_names=["images"], dynamic_axes={"images": dynamic})
-    return buffer.getvalue()
+class OnnxModel:
+    """An ONNX Runtime session called with NumPy arrays, one per input, returning its outputs as a list.
 
-
-class OnnxModule:
-    """An ONNX Runtime session called like the PyTorch module it was exported from: tensor in, tensor(s) out.
-
-    Outputs come back on the input's device, so code written around the module runs unchanged. A model exported with
-    a fixed batch size (``yolo export`` without ``dynamic=True``) takes any batch too, run that many inputs at a time.
+    A model exported with a fixed batch size (``yolo export`` without ``dynamic=True``) takes any batch too: the
+    inputs are run that many at a time, the last chunk filled up with zeros.
     """
 
-    def __init__(self, model: bytes | str | Path, device: torch.device | str = "cpu", providers: list[str] | None = None):
-        self.session = onnx_session(model, device, providers)
-        first = self.session.get_inputs()[0]
-        self.input = first.name
-        self.batch = first.shape[0] if isinstance(first.shape[0], int) else None  # None: a dynamic batch
+    def __init__(self, model: bytes | str | Path, device="cpu", providers: list | None = None,
+                 threads: int | None = None):
+        self.session = onnx_session(model, device, providers, threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        first = self.session.get_inputs()[0].shape[0]
+        self.batch = first if isinstance(first, int) else None  # None: a dynamic batch
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.batch is None or len(x) == self.batch:
-            return self._run(x)
-        n = len(x)
-        padded = torch.cat([x, x.new_zeros(-n % self.batch, *x.shape[1:])])  # the last chunk filled up with zeros
-        parts = [self._run(chunk) for chunk in padded.split(self.batch)]
-        if isinstance(parts[0], tuple):
-            return tuple(torch.cat(outputs)[:n] for outputs in zip(*parts))
-        return torch.cat(parts)[:n]
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.session.get_modelmeta().custom_metadata_map
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        outputs = self.session.run(None, {self.input: x.detach().float().cpu().numpy()})
-        outputs = tuple(torch.from_numpy(o).to(x.device) for o in outputs)
-        return outputs[0] if len(outputs) == 1 else outputs
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+        n = len(arrays[0])
+        if self.batch is None or n == self.batch:
+            return self._run(arrays)
+        padded = [np.concatenate([a, np.zeros((-n % self.batch, *a.shape[1:]), np.float32)]) for a in arrays]
+        parts = [self._run([a[i : i + self.batch] for a in padded]) for i in range(0, len(padded[0]), self.batch)]
+        return [np.concatenate(outputs)[:n] for outputs in zip(*parts)]
+
+    def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.inputs, arrays)))

@@ -14,12 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from spayolo.errors import UsageError
+
 __all__ = ("IMAGE_SUFFIXES", "FrameSource", "SourceError", "StreamError", "image_files", "open_source", "read_image")
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
 
-class SourceError(ValueError):
+class SourceError(UsageError):
     """A source that cannot be opened, or from which not one frame decodes."""
 
 
@@ -44,9 +46,19 @@ def _truncated_jpeg(path: Path) -> bool:
 
 
 def read_image(path: str | Path) -> np.ndarray | None:
-    """Decode an image file to BGR, None when it does not decode; warns (naming it) about a truncated JPEG."""
+    """Decode an image file to BGR, None when it does not decode; warns (naming it) about a truncated JPEG.
+
+    OpenCV's reader takes the name as UTF-8 and crashes on one that is not (Linux allows any bytes), so such a file is
+    read by Python and decoded from memory; OpenCV's reader stays for the others, as it also decodes a cut JPEG.
+    """
     path = Path(path)
-    image = cv2.imread(str(path))
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        data = np.fromfile(path, np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    else:
+        image = cv2.imread(str(path))
     if image is not None and _truncated_jpeg(path):
         print(f"warning: {path} is a truncated JPEG: the part below the cut is grey", file=sys.stderr)
     return image
@@ -109,7 +121,10 @@ def _images(name: str, files: list[Path]):
 
 def _image_size(files: list[Path]) -> tuple[int, int] | None:
     """Largest width and height among the images, read from their headers only (PIL opens lazily)."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:  # the runtime install may lack Pillow: the video is sized from the first frame instead
+        return None
 
     sizes = []
     for file in files:

@@ -71,7 +71,7 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(name: str, nc: int | None, meta: bool):
     import torch
     from ultralytics.nn.tasks import ClassificationModel
@@ -143,7 +143,7 @@ def input_sensitive(model, imgsz: int = 64, seed: int = 0):
 PHOTOS = {
     ("ultralytics", "assets", "zidane.jpg"): [(556, 258, 672, 436), (930, 100, 1050, 272)],
     ("ultralytics", "assets", "bus.jpg"): [(115, 418, 155, 468), (270, 423, 306, 472)],
-    ("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"): [(175, 118, 355, 335)],
+    ("spayolo", "assets", "grace_hopper.jpg"): [(175, 118, 355, 335)],
 }
 FER_NAMES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
@@ -159,7 +159,7 @@ def small_hopper(w: int = 256, h: int = 300) -> np.ndarray:
     """Grace Hopper's portrait (one face) resized to w x h, BGR."""
     import cv2
 
-    return cv2.resize(cv2.imread(str(package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"))), (w, h))
+    return cv2.resize(cv2.imread(str(package_file("spayolo", "assets", "grace_hopper.jpg"))), (w, h))
 
 
 def write_video(path: Path, n: int = 3, size: tuple[int, int] = (160, 120)) -> Path:
@@ -187,11 +187,12 @@ def count_frames(path: Path) -> int:
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    """An untrained spayolo-n classifier in Ultralytics' checkpoint format, 7 FER classes, trained-args imgsz 32."""
+    """An untrained, input-sensitive (``input_sensitive``) spayolo-n classifier in Ultralytics' checkpoint format,
+    7 FER classes, trained-args imgsz 32."""
     import torch
     from ultralytics import YOLO
 
-    model = YOLO("spayolo-n.yaml").model
+    model = input_sensitive(YOLO("spayolo-n.yaml").model, 32)
     model.names = dict(enumerate(FER_NAMES))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, path)

@@ -45,7 +45,9 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     """The FERPipeline arguments, each defaulting to the value FERPipeline itself uses."""
     d = _defaults()
-    parser.add_argument("--model", default=d["model"], help="classifier .pt/.onnx (default: the shipped weights)")
+    parser.add_argument("--model", nargs="+", default=d["model"],
+                        help="classifier .onnx/.pt, or several: an ensemble averaging their probabilities (default: "
+                             "the shipped weights)")
     parser.add_argument("--detector", default=d["detector"], help="mtcnn, a YOLO face .pt/.onnx or a *yunet*.onnx")
     parser.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N")
     parser.add_argument("--backend", choices=("torch", "onnx"), default=d["backend"],
@@ -62,6 +64,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-every", type=positive_int, default=d["detect_every"],
                         help="video: full detection every n-th frame, tracked faces re-located in between "
                              "(default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=d["threads"],
+                        help="ONNX Runtime threads per model (default: one per core)")
     parser.add_argument("--tta", choices=TTA_MODES, default=d["tta"],
                         help="test-time augmentation: average each face's probabilities over its crop and mirror image "
                              "(flip), and a zoomed-in crop and its mirror (flip+zoom) (default: %(default)s)")
@@ -71,6 +75,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
 
 def pipeline_kwargs(args: argparse.Namespace) -> dict:
     """FERPipeline keyword arguments from parsed add_pipeline_args arguments."""
-    return {"model": args.model, "detector": args.detector, "device": args.device, "backend": args.backend,
+    model = args.model[0] if isinstance(args.model, list) and len(args.model) == 1 else args.model
+    return {"model": model, "detector": args.detector, "device": args.device, "backend": args.backend,
             "half": args.half, "imgsz": args.imgsz, "min_face": args.min_face, "margin": args.margin,
-            "detect_every": args.detect_every, "tta": args.tta, "trusted": args.trust_checkpoint}
+            "detect_every": args.detect_every, "tta": args.tta, "trusted": args.trust_checkpoint,
+            "threads": args.threads}

@@ -26,7 +26,8 @@ from ultralytics.data.augment import classify_transforms
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.checkpoints import load_yolo
 from spayolo.engine.classify import FERValidator
-from spayolo.pipeline import classifier_imgsz
+from spayolo.errors import MissingFileError, UsageError
+from spayolo.torch_classifier import trained_size
 from spayolo.tta import DEFAULT_TTA, TTA_MODES, tta_mode, view_fractions
 
 __all__ = ("TTAValidator", "evaluate", "main", "split_folder", "table")
@@ -54,7 +55,7 @@ class TTAValidator(FERValidator):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.tta = tta_mode(tta)
         if self.tta == "none":
-            raise ValueError("TTAValidator scores test-time views; for tta 'none' use FERValidator")
+            raise UsageError("TTAValidator scores test-time views; for tta 'none' use FERValidator")
 
     @classmethod
     def for_mode(cls, mode: str | bool):
@@ -82,7 +83,7 @@ class TTAValidator(FERValidator):
 
 
 def split_folder(data: str | Path, split: str) -> Path | None:
-    """The image folder ``data`` names for ``split``; ValueError when the dataset has no such split.
+    """The image folder ``data`` names for ``split``; UsageError when the dataset has no such split.
 
     Ultralytics falls back to val/ for a missing test/ split; a report labelled 'test' must come from test/.
     """
@@ -90,10 +91,12 @@ def split_folder(data: str | Path, split: str) -> Path | None:
 
     root = Path(resolve_dataset(data) or data)
     if not root.is_dir():
+        if len(root.parts) > 1:  # a path, never one of Ultralytics' dataset names (which it would try to download)
+            raise MissingFileError(f"--data {data}: no such folder")
         return None  # left to Ultralytics (e.g. its own dataset names)
     if not (root / split).is_dir():
         have = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
-        raise ValueError(f"--data {data}: no {split}/ split in {root} (splits there: {have})")
+        raise UsageError(f"--data {data}: no {split}/ split in {root} (splits there: {have})")
     return root / split
 
 
@@ -101,12 +104,12 @@ def evaluate(model: str, data: str, imgsz: int | None = None, split: str = "val"
              device: str | None = None, tta: str | bool = "none", trusted: bool = False) -> dict:
     """Validate `model` on `data` and return the accuracies, the confusion matrix (rows true) and the class names.
 
-    ``imgsz`` None: the size the model was trained or exported at (``classifier_imgsz``), else 64. ``tta``: a mode of
+    ``imgsz`` None: the size the model was trained or exported at (``trained_size``), else 64. ``tta``: a mode of
     spayolo.tta ('none', 'flip', 'flip+zoom'; True means 'flip').
     """
     split_folder(data, split)
     tta = tta_mode(tta)
-    imgsz = imgsz or classifier_imgsz(model, trusted) or 64
+    imgsz = imgsz or trained_size(model, trusted) or 64
     metrics = load_yolo(model, trusted, task="classify").val(
         validator=TTAValidator.for_mode(tta), data=data, split=split, imgsz=imgsz, batch=batch, device=device,
         plots=False, verbose=False)

@@ -24,8 +24,10 @@ import cv2
 import numpy as np
 
 from spayolo.apps.args import add_pipeline_args, pipeline_kwargs, positive_float
-from spayolo.apps.demo import DEMO, make_demo
+from spayolo.apps.demo import demo_video
 from spayolo.apps.overlay import draw
+from spayolo.apps.progress import Progress
+from spayolo.errors import UsageError
 from spayolo.sources import FrameSource, StreamError, open_source
 
 __all__ = ("JsonSink", "StopSignals", "Stopped", "VideoSink", "display_available", "main")
@@ -94,14 +96,14 @@ def _output(path: str, flag: str) -> Path | None:
         return None
     out = Path(path).expanduser()
     if out.is_dir():
-        raise ValueError(f"{flag} {out} is a folder: give a file name")
+        raise UsageError(f"{flag} {out} is a folder: give a file name")
     parent = next((p for p in out.parents if p.exists()), Path("."))
     if not parent.is_dir():
-        raise ValueError(f"{flag} {out}: {parent} is a file, not a folder")
+        raise UsageError(f"{flag} {out}: {parent} is a file, not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"{flag} {out}: cannot create its folder ({error.strerror})") from None
+        raise UsageError(f"{flag} {out}: cannot create its folder ({error.strerror})") from None
     return out
 
 
@@ -112,7 +114,7 @@ def _refuse_overwriting_inputs(outputs: dict[str, Path | None], inputs: list[Pat
         if out is None:
             continue
         if out.resolve() in seen:
-            raise ValueError(f"{flag} {out} is also an input ({seen[out.resolve()]}): choose another output path")
+            raise UsageError(f"{flag} {out} is also an input ({seen[out.resolve()]}): choose another output path")
         seen[out.resolve()] = f"{flag} {out}"
 
 
@@ -126,7 +128,7 @@ class VideoSink:
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int] | None = None):
         if path.suffix.lower() not in CODECS:
-            raise ValueError(f"--save {path}: unknown video format {path.suffix!r}; use one of {', '.join(CODECS)}")
+            raise UsageError(f"--save {path}: unknown video format {path.suffix!r}; use one of {', '.join(CODECS)}")
         self.path, self.tmp, self.fps, self.frames = path, _partial(path), fps, 0
         self.size, self.writer = None, None
         self._open((64, 64))  # probe: fails now on an unwritable path or a format this OpenCV cannot write
@@ -146,7 +148,7 @@ class VideoSink:
                                       self.fps, size)
         if not self.writer.isOpened():
             self.tmp.unlink(missing_ok=True)
-            raise ValueError(f"--save {self.path}: cannot write a {self.path.suffix} video there")
+            raise UsageError(f"--save {self.path}: cannot write a {self.path.suffix} video there")
 
     def write(self, frame: np.ndarray) -> None:
         if self.writer is None:
@@ -183,7 +185,7 @@ class JsonSink:
         try:
             self.file = open(self.tmp, "w")
         except OSError as error:
-            raise ValueError(f"--json {path}: cannot write there ({error.strerror})") from None
+            raise UsageError(f"--json {path}: cannot write there ({error.strerror})") from None
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -212,10 +214,9 @@ def default_source() -> FrameSource:
     if found:
         print("source: camera 0")
         return open_source(0)
-    if not DEMO.is_file():
-        make_demo(DEMO)
-    print(f"source: no camera found, using the demo video {DEMO}")
-    return open_source(DEMO)
+    demo = demo_video()
+    print(f"source: no camera found, using the demo video {demo}")
+    return open_source(demo)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -234,7 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _inputs(args: argparse.Namespace, source: FrameSource) -> list[Path]:
-    files = [Path(p) for p in (args.model, args.detector) if p and Path(str(p)).is_file()]
+    models = args.model if isinstance(args.model, list) else [args.model]
+    files = [Path(p) for p in (*models, args.detector) if p and Path(str(p)).is_file()]
     return [*source.inputs, *files]
 
 
@@ -266,12 +268,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | None, show: bool) -> int:
     """The frame loop; outputs are closed (complete, renamed into place) however it ends."""
-    from ultralytics.utils import TQDM
-
     code, t0, fps = 0, time.perf_counter(), 0.0
     bar = None
     if source.total and not source.live:
-        bar = TQDM(total=source.total, desc=Path(source.name).name, unit="frame")
+        bar = Progress(source.total, Path(source.name).name)
     tic = time.perf_counter()
     try:
         with StopSignals() as signals:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from spayolo.errors import MissingFileError, UsageError
+
 __all__ = ("load_teacher", "teacher_probabilities")
 
 FORMAT = "spayolo-teacher-1"
@@ -25,7 +27,7 @@ def _split_samples(folder: Path) -> tuple[list, dict[int, str]]:
     found = ImageFolder(str(folder), allow_empty=True, is_valid_file=lambda f: f.rsplit(".", 1)[-1].lower() in
                         IMG_FORMATS)
     if not found.samples:
-        raise FileNotFoundError(f"no images in {folder} (expected one sub-folder of images per class)")
+        raise MissingFileError(f"no images in {folder} (expected one sub-folder of images per class)")
     return found.samples, dict(enumerate(found.classes))
 
 
@@ -39,7 +41,8 @@ def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Pa
     """
     from ultralytics.data.augment import classify_transforms
 
-    from spayolo.pipeline import Classifier, checked_device
+    from spayolo.classifier import load_classifier
+    from spayolo.torch_classifier import checked_device, trained_size
 
     from .ramdata import RamImages
 
@@ -48,17 +51,16 @@ def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Pa
     target = checked_device(device)
     total = torch.zeros(len(samples), len(names))
     for path, imgsz in models:
-        classifier = Classifier(str(path), target, half=False, trusted=trusted)
-        if classifier.names != list(names.values()):
-            raise ValueError(f"teacher {path} has classes {classifier.names}, {folder} has {list(names.values())}")
-        size = imgsz or classifier.imgsz
+        size = imgsz or trained_size(path, trusted)
         if not size:
-            raise ValueError(f"teacher {path}: give its input size (path:imgsz); the file does not say it")
-        classifier.check_imgsz(size)
+            raise UsageError(f"teacher {path}: give its input size (path:imgsz); the file does not say it")
+        classifier = load_classifier(str(path), "torch", target, trusted=trusted, imgsz=size)
+        if classifier.names != list(names.values()):
+            raise UsageError(f"teacher {path} has classes {classifier.names}, {folder} has {list(names.values())}")
         images = RamImages(samples, transform=classify_transforms(size=size)).images
         for start in range(0, len(images), batch):
-            x = images[start : start + batch].to(target).float().div_(255).expand(-1, 3, -1, -1)
-            total[start : start + batch] += classifier(x, mirror=tta).cpu()
+            x = images[start : start + batch].float().div_(255).expand(-1, 3, -1, -1).numpy()
+            total[start : start + batch] += torch.from_numpy(classifier({size: x[None]}, mirror=tta))
     return {"format": FORMAT, "files": [Path(f).relative_to(folder).as_posix() for f, _ in samples],
             "labels": torch.tensor([c for _, c in samples]), "probs": total / len(models), "names": names,
             "split": folder.name, "models": [f"{p}:{s}" if s else str(p) for p, s in models], "tta": tta}
@@ -68,24 +70,25 @@ def load_teacher(file: str | Path, samples: list, folder: str | Path, names: dic
     """The teacher probabilities of ``file`` for the training ``samples`` of ``folder``, row i for sample i.
 
     Raises:
-        ValueError: The file is not a teacher file, was made on another split or with other classes, or lacks some of
+        MissingFileError: No such file.
+        UsageError: The file is not a teacher file, was made on another split or with other classes, or lacks some of
             the samples; the message names the file and what differs.
     """
     file, folder = Path(file), Path(folder)
     if not file.is_file():
-        raise FileNotFoundError(f"distill={file}: no such teacher file (spayolo teach writes one)")
+        raise MissingFileError(f"distill={file}: no such teacher file (spayolo teach writes one)")
     teacher = torch.load(file, map_location="cpu", weights_only=True)
     if not isinstance(teacher, dict) or teacher.get("format") != FORMAT:
-        raise ValueError(f"distill={file} is not a teacher file written by spayolo teach")
+        raise UsageError(f"distill={file} is not a teacher file written by spayolo teach")
     if teacher["split"] != folder.name:
-        raise ValueError(f"distill={file} holds the '{teacher['split']}' split; this run trains on '{folder.name}'")
+        raise UsageError(f"distill={file} holds the '{teacher['split']}' split; this run trains on '{folder.name}'")
     if list(teacher["names"].values()) != list(names.values()):
-        raise ValueError(f"distill={file} has classes {list(teacher['names'].values())}, the data has "
+        raise UsageError(f"distill={file} has classes {list(teacher['names'].values())}, the data has "
                          f"{list(names.values())}")
     row = {f: i for i, f in enumerate(teacher["files"])}
     wanted = [Path(s[0]).relative_to(folder).as_posix() for s in samples]
     missing = [f for f in wanted if f not in row]
     if missing:
-        raise ValueError(f"distill={file} lacks {len(missing)} of the {len(wanted)} training images, e.g. "
+        raise UsageError(f"distill={file} lacks {len(missing)} of the {len(wanted)} training images, e.g. "
                          f"{missing[0]}: run spayolo teach again on {folder}")
     return teacher["probs"][[row[f] for f in wanted]].float()

@@ -2,7 +2,6 @@
 
 from .align import aligned_crops
 from .detectors import Detections, FaceDetector, MTCNNDetector, YOLOFaceDetector, YuNetDetector, build_detector
-from .mtcnn import MTCNN
 
-__all__ = ("MTCNN", "Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector",
-           "aligned_crops", "build_detector")
+__all__ = ("Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector", "aligned_crops",
+           "build_detector")

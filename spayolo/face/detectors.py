@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from spayolo.errors import MissingDependencyError, MissingFileError, UsageError
 
 __all__ = ("Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector", "build_detector")
 
@@ -38,8 +39,6 @@ class Detections:
 class FaceDetector:
     """Base class: subclasses implement __call__(images: list of HxWx3 uint8 BGR) -> list[Detections]."""
 
-    device: torch.device = torch.device("cpu")
-
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         raise NotImplementedError
 
@@ -57,28 +56,33 @@ def _at_least(det: Detections, min_face: float) -> Detections:
 def _existing(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
+        raise MissingFileError(f"{what} file not found: {path}")
     return path
 
 
 class MTCNNDetector(FaceDetector):
-    """MTCNN (spayolo.face.mtcnn) on CPU or CUDA; frames of equal size are detected in one batch.
+    """MTCNN (spayolo.face.mtcnn): its nets on ONNX Runtime, or in PyTorch on a torch device with backend 'torch';
+    frames of equal size are detected in one batch, and faces smaller than ``min_face`` are dropped.
 
     The last stage's threshold is 0.9 rather than the reference 0.7: every box gets an expression label, so a
     non-face costs more than a doubtful face (the faces in the test photos score >= 0.99; a 0.8 background box
     in zidane.jpg at min_face 40 does not pass).
     """
 
-    def __init__(self, device: str | torch.device = "cpu", min_face: float = 20.0, thresholds=(0.6, 0.7, 0.9),
-                 backend: str = "torch", onnx_dir: str | Path | None = None, providers: list[str] | None = None):
-        from .mtcnn import MTCNN
+    def __init__(self, device="cpu", min_face: float = 20.0, thresholds=(0.6, 0.7, 0.9), backend: str = "onnx",
+                 onnx_dir: str | Path | None = None, providers: list | None = None, threads: int | None = None):
+        from .mtcnn import MTCNN, onnx_nets
 
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"MTCNN backend must be 'torch' or 'onnx', got {backend!r}")
-        self.device = torch.device(device)
-        self.model = MTCNN(min_face=min_face, thresholds=thresholds).to(self.device)
         if backend == "onnx":
-            self.model.use_onnx(onnx_dir, providers)
+            nets = onnx_nets(onnx_dir, device, providers, threads)
+        elif backend == "torch":
+            from .mtcnn_torch import torch_nets
+
+            nets = torch_nets(device)
+        else:
+            raise UsageError(f"MTCNN backend must be 'torch' or 'onnx', got {backend!r}")
+        self.model = MTCNN(nets, min_face=min_face, thresholds=thresholds)
+        self.min_face = min_face
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         out: list[Detections | None] = [None] * len(images)
@@ -86,24 +90,17 @@ class MTCNNDetector(FaceDetector):
         for i, im in enumerate(images):
             groups.setdefault(im.shape, []).append(i)
         for ids in groups.values():
-            for i, found in zip(ids, self.model(self._batch([images[i] for i in ids]))):
-                out[i] = self._numpy(found)
+            for i, found in zip(ids, self.model([images[i] for i in ids])):
+                out[i] = _at_least(Detections(*found), self.min_face)
         return out
 
     def refine(self, images: list[np.ndarray], previous: list[Detections]) -> list[Detections]:
         """ONet only, on the previous boxes: frames of a video whose faces were found in the frame before."""
         if len({im.shape for im in images}) > 1:
             return self(images)
-        boxes = torch.from_numpy(np.concatenate([d.boxes for d in previous]).reshape(-1, 4)).to(self.device)
-        idx = torch.cat([torch.full((len(d),), i, dtype=torch.long) for i, d in enumerate(previous)]).to(self.device)
-        return [self._numpy(found) for found in self.model.refine(self._batch(images), boxes, idx)]
-
-    def _batch(self, images: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(images)).to(self.device).flip(-1).permute(0, 3, 1, 2)  # BGR HWC -> RGB CHW
-
-    @staticmethod
-    def _numpy(found: tuple[torch.Tensor, ...]) -> Detections:
-        return Detections(*(t.cpu().numpy() for t in found))
+        boxes = np.concatenate([d.boxes for d in previous]).reshape(-1, 4)
+        idx = np.concatenate([np.full(len(d), i) for i, d in enumerate(previous)]).astype(np.int64)
+        return [_at_least(Detections(*found), self.min_face) for found in self.model.refine(images, boxes, idx)]
 
 
 class YOLOFaceDetector(FaceDetector):
@@ -112,15 +109,20 @@ class YOLOFaceDetector(FaceDetector):
     A .pt model runs in PyTorch and a .onnx model in ONNX Runtime; faces smaller than `min_face` pixels are dropped.
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.5, imgsz: int = 640,
-                 min_face: float = 0.0, trusted: bool = False):
-        from spayolo.checkpoints import load_yolo
-
-        self.model = load_yolo(_existing(path, "YOLO face model"), trusted)
-        self.device, self.conf, self.imgsz, self.min_face = torch.device(device), conf, imgsz, min_face
+    def __init__(self, path: str | Path, device="cpu", conf: float = 0.5, imgsz: int = 640, min_face: float = 0.0,
+                 trusted: bool = False):
+        path = _existing(path, "YOLO face model")
+        try:
+            from spayolo.checkpoints import load_yolo
+        except ImportError as error:
+            raise MissingDependencyError(f"face detector {path}: a YOLO model runs in Ultralytics, which this install "
+                                         f"lacks: use --detector mtcnn or a YuNet .onnx, or install spayolo[train]"
+                                         ) from error
+        self.model = load_yolo(path, trusted)
+        self.device, self.conf, self.imgsz, self.min_face = str(device), conf, imgsz, min_face
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
-        results = self.model.predict(list(images), conf=self.conf, imgsz=self.imgsz, device=str(self.device),
+        results = self.model.predict(list(images), conf=self.conf, imgsz=self.imgsz, device=self.device,
                                      verbose=False)
         out = []
         for r in results:
@@ -137,15 +139,14 @@ class YuNetDetector(FaceDetector):
     Faces smaller than `min_face` pixels are dropped.
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", conf: float = 0.6, nms: float = 0.3,
-                 min_face: float = 0.0):
+    def __init__(self, path: str | Path, conf: float = 0.6, nms: float = 0.3, min_face: float = 0.0):
         import cv2
 
         path = _existing(path, "YuNet model")
         try:
             self.detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), conf, nms, 5000)
         except cv2.error as error:
-            raise ValueError(f"{path} is not a YuNet ONNX model OpenCV can load") from error
+            raise UsageError(f"{path} is not a YuNet ONNX model OpenCV can load") from error
         self.min_face = min_face
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
@@ -162,29 +163,30 @@ class YuNetDetector(FaceDetector):
         return out
 
 
-def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device: str | torch.device = "cpu",
-                   min_face: float = 20.0, backend: str = "torch", trusted: bool = False) -> FaceDetector:
+def build_detector(name_or_path: str | Path | FaceDetector = "mtcnn", device="cpu", min_face: float = 20.0,
+                   backend: str = "onnx", trusted: bool = False, threads: int | None = None) -> FaceDetector:
     """'mtcnn', a detector instance, a *yunet*.onnx (YuNet) or any other .pt/.onnx (Ultralytics model).
 
     `min_face` (pixels) is the smallest face kept: MTCNN starts its pyramid there (hence its cost), the YOLO and
     YuNet detectors drop smaller boxes. `backend` 'onnx' runs MTCNN's nets in ONNX Runtime; a YOLO model runs in
     the runtime its file is for, so a YOLO .pt with backend 'onnx' is refused rather than run in PyTorch unasked
     (export it, or pass backend 'torch'); YuNet always runs in OpenCV. `trusted` loads a YOLO .pt without the
-    restricted allow-list (spayolo.checkpoints).
+    restricted allow-list (spayolo.checkpoints). `threads`: ONNX Runtime's intra-op threads for MTCNN.
     """
     if isinstance(name_or_path, FaceDetector):
         return name_or_path
     name = str(name_or_path)
     if name.lower() == "mtcnn":
-        return MTCNNDetector(device, min_face, backend=backend)
+        return MTCNNDetector(device, min_face, backend=backend, threads=threads)
     path = Path(name)
     suffix = path.suffix.lower()
     if suffix not in {".pt", ".onnx"}:
-        raise ValueError(f"unknown face detector {name!r}: use 'mtcnn', a YOLO .pt/.onnx or a YuNet .onnx path")
+        raise UsageError(f"unknown face detector {name!r} (--detector): use 'mtcnn', a YOLO .pt/.onnx or a YuNet "
+                         f".onnx path")
     if suffix == ".onnx" and "yunet" in path.stem.lower():
-        return YuNetDetector(path, device, min_face=min_face)
+        return YuNetDetector(path, min_face=min_face)
     if suffix == ".pt" and backend == "onnx":
         _existing(path, "YOLO face model")
-        raise ValueError(f"face detector {path} is a PyTorch model but the backend is 'onnx': pass backend='torch' "
+        raise UsageError(f"face detector {path} is a PyTorch model but the backend is 'onnx': pass backend='torch' "
                          f"(--backend torch), or export it (yolo export model={path} format=onnx) and pass the .onnx")
     return YOLOFaceDetector(path, device, min_face=min_face, trusted=trusted)

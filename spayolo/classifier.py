@@ -1,0 +1,152 @@
+"""Expression classifiers behind one call: each face's views at the model's input size(s) in, probabilities out.
+
+ONNX models run here on ONNX Runtime with NumPy alone; PyTorch models (a .pt, a YOLO object, an nn.Module) run in
+spayolo.torch_classifier, which the full install adds. A list of models is an ensemble: its members' probabilities
+are averaged, each member fed crops at its own input size. Every classifier averages over the views of a face
+(test-time augmentation, spayolo.tta) and, with ``mirror``, over their mirror images too.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from spayolo.errors import CheckpointError, MissingDependencyError, MissingFileError, UsageError
+from spayolo.paths import packaged
+from spayolo.runtime import OnnxModel
+
+__all__ = ("DEFAULT_MODELS", "Ensemble", "OnnxClassifier", "load_classifier", "mean_over_views", "names_list",
+           "probabilities")
+
+# the shipped classifier, per backend: the same weights as a checkpoint and as their ONNX export
+DEFAULT_MODELS = {"onnx": packaged("weights", "spayolo-n-fer2013.onnx"), "torch": packaged("weights", "spayolo-n-fer2013.pt")}
+
+
+def names_list(names) -> list[str]:
+    """Class names in index order from a list, an {index: name} dict, or ONNX metadata's string of that dict."""
+    if isinstance(names, str):
+        names = ast.literal_eval(names)
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    return [str(n) for n in names]
+
+
+def probabilities(y: np.ndarray) -> np.ndarray:
+    """Rows of class probabilities: ``y`` itself when its rows already are (Ultralytics' heads), else softmax(y)."""
+    y = y.astype(np.float32)
+    if (y >= 0).all() and np.allclose(y.sum(1), 1, atol=1e-3):
+        return y
+    e = np.exp(y - y.max(1, keepdims=True))  # logits, e.g. a bare nn.Module's
+    return e / e.sum(1, keepdims=True)
+
+
+def mean_over_views(run: Callable[[list[np.ndarray]], np.ndarray], views: list[np.ndarray], mirror: bool) -> np.ndarray:
+    """(N, nc) probabilities averaged over the V views (V,N,3,S,S) of each input, and their mirror images if asked;
+    ``run`` maps one (B,3,S,S) batch per input to (B, nc) probabilities, all views of all faces in one call."""
+    views = [np.concatenate([v, v[..., ::-1]]) if mirror else v for v in views]
+    count, faces = views[0].shape[:2]
+    probs = run([np.ascontiguousarray(v.reshape(count * faces, *v.shape[2:])) for v in views])
+    return probs.reshape(count, faces, -1).mean(0)
+
+
+class OnnxClassifier:
+    """A classification .onnx: one (batch, classes) output, one input per input size (one, or an exported ensemble's).
+
+    Class names and input sizes come from the metadata Ultralytics (and spayolo's ensemble export) write, else from
+    the input shapes; ``sizes`` is None for a model whose size is neither (the pipeline then picks one).
+    """
+
+    def __init__(self, model: str | Path | bytes, device="cpu", providers=None, threads: int | None = None,
+                 source: str | None = None):
+        self.source = source or str(model)
+        self.model = OnnxModel(model, device, providers, threads)
+        meta, outputs = self.model.metadata, self.model.session.get_outputs()
+        if meta.get("task", "classify") != "classify":
+            raise CheckpointError(f"{self.source} is a {meta['task']} model, not a classifier: pass a classification "
+                                  f"model (.pt/.onnx) as --model, and a face detector with --detector")
+        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+            shapes = ", ".join(str(o.shape) for o in outputs)
+            raise CheckpointError(f"{self.source} is not a classifier: a classifier has one (batch, classes) output, "
+                                  f"this one has {shapes}")
+        self.names = names_list(meta["names"]) if "names" in meta else None
+        self.sizes = self._sizes(meta)
+
+    def _sizes(self, meta: dict) -> tuple[int, ...] | None:
+        inputs = self.model.session.get_inputs()
+        if "imgsz" in meta:
+            sizes = ast.literal_eval(meta["imgsz"])  # Ultralytics: [h, w] of the one input; an ensemble: one per input
+            return (int(sizes[0]),) if len(inputs) == 1 else tuple(int(s) for s in sizes)
+        fixed = [i.shape[2] for i in inputs if isinstance(i.shape[2], int)]
+        return tuple(fixed) if len(fixed) == len(inputs) else None
+
+    def check_size(self, imgsz: int) -> None:
+        """An ONNX classifier runs at the size it was exported at (spayolo's DFT bases are constants in it)."""
+        if self.sizes and self.sizes != (imgsz,):
+            raise UsageError(f"{self.source} was exported for {self.sizes[0]}x{self.sizes[0]} inputs, not {imgsz}: "
+                             f"pass --imgsz {self.sizes[0]} (imgsz={self.sizes[0]}), or export it again at {imgsz}")
+
+    def __call__(self, views: dict[int, np.ndarray], mirror: bool = False) -> np.ndarray:
+        """(N, nc) probabilities from views {size: (V,N,3,S,S) float32 RGB 0-1} at each of ``sizes``."""
+        return mean_over_views(lambda x: probabilities(self.model(*x)[0]), [views[s] for s in self.sizes], mirror)
+
+
+class Ensemble:
+    """Classifiers whose probabilities are averaged, each fed the views at its own input size; same class names."""
+
+    def __init__(self, members: list):
+        names = [m.names for m in members]
+        if any(n != names[0] for n in names):
+            listed = "; ".join(f"{m.source}: {n}" for m, n in zip(members, names))
+            raise UsageError(f"the models of an ensemble must have the same classes in the same order: {listed}")
+        self.members, self.names, self.source = members, names[0], " + ".join(str(m.source) for m in members)
+        self.sizes = tuple(sorted({s for m in members for s in m.sizes}))
+
+    def __call__(self, views: dict[int, np.ndarray], mirror: bool = False) -> np.ndarray:
+        return np.mean([m(views, mirror) for m in self.members], 0)
+
+
+def _torch_classifier(model, backend: str, device, half: bool, trusted: bool, imgsz: int | None, threads: int | None):
+    try:
+        from spayolo.torch_classifier import TorchClassifier
+    except ImportError as error:
+        raise MissingDependencyError(f"classifier {model}: a PyTorch model needs the full install (pip install "
+                                     f"spayolo[train]); or export it to ONNX there (yolo export model={model} "
+                                     f"format=onnx) and pass the .onnx") from error
+    classifier = TorchClassifier(model, device, half, trusted, imgsz)
+    return classifier.to_onnx(threads) if backend == "onnx" else classifier
+
+
+def load_classifier(model=None, backend: str = "onnx", device="cpu", half: bool = False, trusted: bool = False,
+                    imgsz: int | None = None, threads: int | None = None):
+    """A classifier for FERPipeline: None (the shipped weights), a .onnx or .pt path, a YOLO object, an nn.Module,
+    or a list of those (an ensemble). ``imgsz`` is the input size of a single model that does not fix its own.
+
+    An .onnx runs on ONNX Runtime whatever the backend; anything else runs in PyTorch, or with backend 'onnx' is
+    exported in memory and run on ONNX Runtime.
+    """
+    if isinstance(model, (list, tuple)):
+        if not model:
+            raise UsageError("an ensemble needs at least one model (--model a.pt b.onnx ...)")
+        if imgsz:
+            raise UsageError("imgsz (--imgsz) sets the size of one model; an ensemble's members run at their own")
+        members = [load_classifier(m, backend, device, half, trusted, None, threads) for m in model]
+        return members[0] if len(members) == 1 else Ensemble(members)
+    if model is None:
+        model = DEFAULT_MODELS[backend]
+        if not model.is_file():
+            raise MissingFileError(f"default classifier weights not found: {model} (pass model= / --model)")
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise MissingFileError(f"classifier weights not found: {path} (--model)")
+        if path.suffix.lower() == ".onnx":
+            classifier = OnnxClassifier(path, device, threads=threads)
+            if classifier.sizes is None:
+                classifier.sizes = (imgsz or 64,)
+            elif imgsz:
+                classifier.check_size(imgsz)
+            return classifier
+    return _torch_classifier(model, backend, device, half, trusted, imgsz, threads)
