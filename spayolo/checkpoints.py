@@ -14,9 +14,14 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from spayolo.errors import CheckpointError
+from spayolo.errors import CheckpointError, MissingFileError
 
 __all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loading", "training_state")
+
+# How Ultralytics' loader reports a file it cannot use: TypeError for a damaged, empty or truncated file, a refused
+# class, TorchScript or a YOLOv5 model (the torch error as its cause), ModuleNotFoundError for a trusted pickle that
+# names a module this install lacks. Anything else is a failure of the code, and keeps its traceback.
+_UNUSABLE = (TypeError, ModuleNotFoundError)
 
 
 def _reason(error: Exception) -> str:
@@ -38,7 +43,7 @@ def _refusal(path: Path, error: Exception) -> CheckpointError:
 def _checked(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if path.suffix.lower() != ".pt":
         yaml = path.suffix in (".yaml", ".yml")
         hint = " (a model YAML is untrained: train it first, then pass its best.pt)" if yaml else ""
@@ -75,7 +80,7 @@ def load_checkpoint(path: str | Path, trusted: bool = False) -> tuple[nn.Module,
         attaches them, and the raw checkpoint dictionary.
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingFileError: no such file (a FileNotFoundError).
         CheckpointError: not a .pt file, unreadable, refused by restricted loading, or holding no model.
     """
     from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -84,7 +89,7 @@ def load_checkpoint(path: str | Path, trusted: bool = False) -> tuple[nn.Module,
     path = _checked(path)
     try:
         ckpt, _ = torch_safe_load(path, safe_only=not trusted)
-    except Exception as error:  # any failure to unpickle a user's file is a problem with that file
+    except _UNUSABLE as error:
         raise _refusal(path, error) from error
     model = ckpt.get("ema") or ckpt.get("model")
     if not isinstance(model, nn.Module):
@@ -103,21 +108,22 @@ def load_yolo(model: str | Path, trusted: bool = False, task: str | None = None)
     ``task`` as for ``YOLO``: needed for an ``.onnx`` file whose metadata Ultralytics cannot guess the task from.
 
     Raises:
-        FileNotFoundError: a file path that does not exist.
+        MissingFileError: a model file or YAML that does not exist (a FileNotFoundError).
         CheckpointError: a checkpoint that cannot be loaded (one line naming the file).
+        ModelConfigError: a model YAML that cannot be built.
     """
     from ultralytics import YOLO
 
     suffix = Path(str(model)).suffix.lower()
     if suffix in (".pt", ".onnx") and not Path(model).is_file():
-        raise FileNotFoundError(f"model file not found: {model}")
+        raise MissingFileError(f"model file not found: {model}")
     try:
         with restricted_loading(trusted):
             return YOLO(str(model), task=task)
-    except (FileNotFoundError, CheckpointError):
-        raise
-    except Exception as error:  # YOLO() reports damaged files in many exception types
+    except _UNUSABLE as error:
         raise _refusal(Path(model), error) from error
+    except FileNotFoundError as error:  # a YAML name that is neither a file nor one Ultralytics or spayolo ships
+        raise MissingFileError(f"model not found: {model} ({error})") from error
 
 
 def training_state(run: str | Path, args: dict | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The ``spayolo`` command: ``spayolo live|prepare|evaluate|kfold|cam|sweep|teach|benchmark [arguments]``.
+"""The ``spayolo`` command: ``spayolo [--debug] live|prepare|evaluate|kfold|cam|sweep|teach|benchmark [arguments]``.
 
     spayolo live --source clip.mp4 --no-show
     spayolo prepare fer2013 --csv fer2013.csv
@@ -10,15 +10,18 @@
     spayolo benchmark --pipeline
 
 ``spayolo <command> --help`` lists a command's arguments. A bad source, model, output or flag stops the command with
-one line naming it and exit status 2; Ctrl-C gives 130.
+one line naming it and exit status 2 (``spayolo --debug <command> ...`` or ``SPAYOLO_DEBUG=1`` adds the traceback);
+any other error is a bug and keeps its traceback. Ctrl-C gives 130.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-import tarfile
-import zipfile
+import traceback
+
+from spayolo.errors import SpayoloError
 
 __all__ = ("COMMANDS", "main")
 
@@ -33,18 +36,18 @@ COMMANDS = {
     "teach": "spayolo.apps.teach",
     "benchmark": "spayolo.benchmark",
 }
-# what a user's input can raise: a missing file, a value spayolo refuses (SourceError, CheckpointError, ...), an
-# optional runtime that is not installed, a damaged archive
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, ImportError, tarfile.TarError, zipfile.BadZipFile)
 
 
 def _usage() -> str:
-    return f"usage: spayolo {{{','.join(COMMANDS)}}} [arguments]   (spayolo <command> --help)"
+    return f"usage: spayolo [--debug] {{{','.join(COMMANDS)}}} [arguments]   (spayolo <command> --help)"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a spayolo command and return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("SPAYOLO_DEBUG", "").lower() not in ("", "0", "false", "no")
+    if argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__.strip() if argv else _usage())
         return 0 if argv else 2
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(COMMANDS[command]).main(rest) or 0)
-    except USER_ERRORS as error:
+    except SpayoloError as error:  # something the user gave; anything else is a bug and keeps its traceback
+        if debug:
+            traceback.print_exc()
         message = str(error).strip() or type(error).__name__
         print(f"spayolo {command}: error: {message}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .errors import MissingDependencyError
+
 __all__ = ("ULTRALYTICS_RANGE", "UnsupportedUltralyticsError", "check_ultralytics")
 
 # spayolo.integration lists the internals it patches and tests/test_registry.py pins them. Widen the range only after
@@ -12,7 +14,7 @@ ULTRALYTICS_RANGE = (8, 4, 190), (8, 5, 0)
 _RANGE_TEXT = "ultralytics>=8.4.190,<8.5"
 
 
-class UnsupportedUltralyticsError(ImportError):
+class UnsupportedUltralyticsError(MissingDependencyError):
     """Ultralytics is missing or outside the supported range; the message names the range and the pip command."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import MissingFileError, UsageError
 from .paths import DATASETS_CFG_DIR
 
 __all__ = ("DATASETS_CFG_DIR", "DatasetNotPreparedError", "dataset_cfg", "datasets_root", "resolve_dataset")
@@ -15,7 +16,7 @@ __all__ = ("DATASETS_CFG_DIR", "DatasetNotPreparedError", "dataset_cfg", "datase
 _FOLD_NAME = re.compile(r"^(?P<base>.+)-fold(?P<fold>\d+)$")
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(MissingFileError):
     """A known dataset whose folder is missing; the message holds the command that prepares it."""
 
 
@@ -31,7 +32,7 @@ def dataset_cfg(name: str | Path) -> dict:
         file = DATASETS_CFG_DIR / f"{Path(name).stem}.yaml"
     if not file.is_file():
         known = ", ".join(sorted(p.stem for p in DATASETS_CFG_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"No dataset YAML '{name}'; packaged datasets: {known}")
+        raise MissingFileError(f"No dataset YAML '{name}'; packaged datasets: {known}")
     cfg = yaml.safe_load(file.read_text()) or {}
     cfg["name"], cfg["yaml_file"] = file.stem, str(file)
     path = Path(str(cfg.get("path", file.stem))).expanduser()
@@ -72,10 +73,10 @@ def resolve_dataset(data: str | Path) -> str | None:
         return None  # some other YAML (e.g. a model); leave it to Ultralytics
     name, root, folds = cfg["name"], cfg["root"], cfg.get("folds")
     if folds and fold is None:
-        raise ValueError(f"{name} has no fixed split: train on one of its {folds} subject-independent folds, "
+        raise UsageError(f"{name} has no fixed split: train on one of its {folds} subject-independent folds, "
                          f"data={name}-fold0.yaml ... data={name}-fold{folds - 1}.yaml")
     if fold is not None and not (folds and 0 <= fold < folds):
-        raise ValueError(f"{name} has {folds or 'no'} folds; '{data}' asks for fold {fold}")
+        raise UsageError(f"{name} has {folds or 'no'} folds; '{data}' asks for fold {fold}")
     target = root / f"fold{fold}" if fold is not None else root
     if (target / "train").is_dir():
         return str(target)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from .compat import UnsupportedUltralyticsError, check_ultralytics
 from .data import resolve_dataset
+from .errors import MissingFileError
 from .parser import PROBE, make_parse_model
 from .paths import MODELS_DIR
 from .registry import BLOCKS
@@ -118,7 +119,7 @@ def _scoring_only(folder: Path, split: str) -> dict:
     folder 80/20 into a new ``<folder>_split`` on disk and score a fifth of it, mixed across its splits."""
     names = dict(enumerate(sorted(p.name for p in (folder / split).iterdir() if p.is_dir())))
     if not names:
-        raise FileNotFoundError(f"{folder / split}: no class folders (expected one sub-folder of images per class)")
+        raise MissingFileError(f"{folder / split}: no class folders (expected one sub-folder of images per class)")
     splits = {s: folder / s if (folder / s).is_dir() else None for s in ("val", "test")}
     return {"train": None, **splits, "nc": len(names), "names": names, "channels": 3}
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .registry import BLOCKS, BlockSpec, scale_depth, scale_width
 
 __all__ = ("ModelConfigError", "PROBE", "make_parse_model")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UsageError):
     """A model YAML that cannot be built; the message names the file, the layer index and the module."""
 
 
@@ -143,15 +144,22 @@ def _build_block(d: dict, i: int, spec: BlockSpec, c1, n: int, args: list, scale
     args = [scale_width(a, scale.width, scale.max_channels, scale.divisor) if j in spec.scaled else a
             for j, a in enumerate(args)]
     head = [c1, c2, n] if spec.repeats else [c1, c2]
+    shown = head + args
+
+    def refused(error: Exception) -> ModelConfigError:
+        return ModelConfigError(f"{_source(d)}: layer {i} ({name}): cannot build {name}{spec.signature} from {shown}: "
+                                f"{error}")
+
     try:
-        spec.signature.bind(*head, *args)
+        spec.signature.bind(*shown)
+    except TypeError as error:  # arguments the block does not take
+        raise refused(error) from error
+    try:
         if spec.repeats or n == 1:
-            return spec.cls(*head, *args), c2, head + args
-        return nn.Sequential(spec.cls(*head, *args), *(spec.cls(c2, c2, *args) for _ in range(n - 1))), c2, head + args
-    except (TypeError, ValueError) as error:
-        raise ModelConfigError(
-            f"{_source(d)}: layer {i} ({name}): cannot build {name}{spec.signature} from {head + args}: {error}"
-        ) from error
+            return spec.cls(*shown), c2, shown
+        return nn.Sequential(spec.cls(*shown), *(spec.cls(c2, c2, *args) for _ in range(n - 1))), c2, shown
+    except UsageError as error:  # a value the block refuses; any other error in a constructor is a bug in the block
+        raise refused(error) from error
 
 
 def _build_stock(d: dict, i: int, f, n: int, m: str, args: list, c1, scale: _Scale, stock_parse):
@@ -169,6 +177,7 @@ def _build_stock(d: dict, i: int, f, n: int, m: str, args: list, c1, scale: _Sca
     one_row = {**{k: v for k, v in d.items() if k not in ("backbone", "head")}, **rows, "scale": scale.scale}
     try:
         layers, _ = stock_parse(one_row, c1, verbose=False)
+    # how Ultralytics' own parser fails on a row's arguments; it validates none of them itself
     except (TypeError, ValueError, IndexError, KeyError, AttributeError) as error:
         raise ModelConfigError(f"{_source(d)}: layer {i} ({m}): cannot build it from args {args}: {error}") from error
     return layers[0], layers[1].channels, args

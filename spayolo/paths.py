@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from .errors import MissingFileError, UsageError
 
 __all__ = ("DATASETS_CFG_DIR", "KFOLD_DIR", "MODELS_DIR", "SWEEPS_DIR", "packaged", "read_yaml")
 
@@ -31,8 +31,10 @@ def read_yaml(source: str | Path, builtin: Path, not_found: str) -> tuple[Path, 
         path = builtin / path.with_suffix(".yaml").name
     if not path.is_file():
         known = ", ".join(p.stem for p in sorted(builtin.glob("*.yaml")))
-        raise FileNotFoundError(not_found.format(source=source, known=known))
+        raise MissingFileError(not_found.format(source=source, known=known))
+    import yaml  # here, not at the top: the runtime install reads no YAML and ships without PyYAML
+
     try:
         return path, yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
+        raise UsageError(f"{path}: not valid YAML ({error})") from None

@@ -95,9 +95,11 @@ def test_no_import_cycle_in_spayolo():
 
 
 def test_core_modules_stand_on_their_own():
-    """The registry and the paths import nothing from spayolo; the .pth's hook imports spayolo only when it fires."""
+    """The registry and the paths import nothing from spayolo but its error types, which import nothing; the .pth's hook
+    imports spayolo only when it fires."""
+    assert imports_of(PACKAGE / "errors.py") == set()
     for name in ("registry", "paths", "compat", "_autoload"):
-        assert imports_of(PACKAGE / f"{name}.py") == set(), name
+        assert imports_of(PACKAGE / f"{name}.py") <= {"spayolo.errors"}, name
     assert imports_of(PACKAGE / "_autoload.py", module_level=False) == {"spayolo.integration"}
     assert imports_of(PACKAGE / "__init__.py") == {"spayolo._autoload"}  # what the .pth runs: no torch at start-up
 
@@ -390,6 +392,23 @@ def test_from_index_out_of_range(tmp_path):
     path = write_model(tmp_path, {7: [12, 1, "SPAM", []]})
     with pytest.raises(ModelConfigError, match=r"layer 7 \(SPAM\): 'from' 12 points at no earlier layer"):
         build(path)
+
+
+def test_a_bug_inside_a_block_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only the YAML's part becomes a ModelConfigError: a TypeError raised inside a block's constructor is a bug in
+    the block, not a YAML that names the wrong arguments."""
+    from spayolo.nn.spam import SPAM
+
+    class BuggySPAM(SPAM):
+        def __init__(self, c1, c2, attention="gate", frequency=True, multiscale=True):
+            self.width = c1 + None  # the bug
+
+    monkeypatch.setitem(registry.BLOCKS, "SPAM", registry.BlockSpec(BuggySPAM, "same"))
+    with pytest.raises(TypeError, match="unsupported operand") as error:
+        build(write_model(tmp_path, {7: [-1, 1, "SPAM", []]}))
+    assert not isinstance(error.value, ModelConfigError)
+    with pytest.raises(ModelConfigError, match=r"layer 7 \(BuggySPAM\): cannot build BuggySPAM\(c1"):  # still named
+        build(write_model(tmp_path, {7: [-1, 1, "SPAM", ["gate", True, True, "extra"]]}))
 
 
 def test_wrong_channel_count_is_named(tmp_path):

@@ -39,12 +39,13 @@ from conftest import (
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import TTAValidator, evaluate, table
-from spayolo.apps.kfold import fold_roots, inner_split, load_candidates, parse_overrides
+from spayolo.apps.kfold import fold_roots, inner_split, load_candidates, parse_overrides, train_and_score
 from spayolo.apps.live import Stopped, StopSignals
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.checkpoints import training_state
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
 from spayolo.engine.classify import FERValidator
+from spayolo.errors import MissingFileError, SpayoloError, UsageError
 from spayolo.pipeline import Face, FERPipeline
 from spayolo.tta import view_fractions
 
@@ -55,7 +56,7 @@ TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.
 
 
 def test_command_dispatch_and_usage(capsys, monkeypatch):
-    usage = "usage: spayolo {live,prepare,evaluate,kfold,cam,sweep,teach,benchmark}"
+    usage = "usage: spayolo [--debug] {live,prepare,evaluate,kfold,cam,sweep,teach,benchmark}"
     assert cli.main([]) == 2 and usage in capsys.readouterr().out
     assert cli.main(["--help"]) == 0 and "spayolo live --source clip.mp4" in capsys.readouterr().out
     assert cli.main(["train"]) == 2 and "unknown command 'train'" in capsys.readouterr().err
@@ -64,6 +65,53 @@ def test_command_dispatch_and_usage(capsys, monkeypatch):
     fake.main = lambda argv: calls.append(argv) or 0
     monkeypatch.setitem(sys.modules, "spayolo.benchmark", fake)  # the lead's module, imported only when asked for
     assert cli.main(["benchmark", "--pipeline"]) == 0 and calls == [["--pipeline"]]
+
+
+def raising(error: BaseException):
+    """A function that raises ``error`` whatever it is given."""
+
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+def fails_with(error: BaseException):
+    """A command module whose main raises ``error``."""
+    return types.SimpleNamespace(main=raising(error))
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    monkeypatch.delenv("SPAYOLO_DEBUG", raising=False)
+    monkeypatch.setitem(sys.modules, "spayolo.benchmark", fails_with(UsageError("--imgsz 0: not a size")))
+    assert cli.main(["benchmark"]) == 2
+    assert capsys.readouterr().err == "spayolo benchmark: error: --imgsz 0: not a size\n"
+    for debug in (["--debug"], []):  # the flag, or the environment variable: the traceback, then the same line
+        monkeypatch.setenv("SPAYOLO_DEBUG", "0" if debug else "1")
+        assert cli.main([*debug, "benchmark"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback") and "UsageError" in err
+        assert err.endswith("spayolo benchmark: error: --imgsz 0: not a size\n")
+    monkeypatch.delenv("SPAYOLO_DEBUG")
+    for bug in (ValueError("math domain error"), KeyError("top1"), FileNotFoundError("runs/x/args.yaml"),
+                ImportError("cannot import name 'OnnxModel'")):  # what spayolo's own code raises when it is wrong
+        monkeypatch.setitem(sys.modules, "spayolo.benchmark", fails_with(bug))
+        with pytest.raises(type(bug)):
+            cli.main(["benchmark"])
+    monkeypatch.setitem(sys.modules, "spayolo.benchmark", fails_with(KeyboardInterrupt()))
+    assert cli.main(["benchmark"]) == 130 and capsys.readouterr().err == "spayolo benchmark: interrupted\n"
+
+
+def test_user_error_types_are_the_builtins_library_users_catch():
+    from spayolo.compat import UnsupportedUltralyticsError
+    from spayolo.errors import CheckpointError, MissingDependencyError, MissingFileError, OutputExistsError
+    from spayolo.parser import ModelConfigError
+
+    for error, builtin in ((UsageError, ValueError), (CheckpointError, ValueError), (ModelConfigError, ValueError),
+                           (MissingFileError, FileNotFoundError), (DatasetNotPreparedError, FileNotFoundError),
+                           (OutputExistsError, FileExistsError), (MissingDependencyError, ImportError),
+                           (UnsupportedUltralyticsError, ImportError)):
+        assert issubclass(error, SpayoloError) and issubclass(error, builtin), error
 
 
 def test_benchmark_command_reaches_the_benchmark_module(capsys):
@@ -84,7 +132,7 @@ def test_tools_are_thin_wrappers_of_the_command():
 def test_python_m_spayolo_and_tool_scripts_run(tmp_path):
     r = run_cli([sys.executable, "-m", "spayolo", "prepare", "fer2013"], cwd=tmp_path, timeout=120,
                 env={"SPAYOLO_DATASETS": str(tmp_path / "datasets")})  # not the user's prepared copy
-    assert r.returncode == 2 and r.stderr.startswith("spayolo prepare: say where the raw data is"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("spayolo prepare: error: say where the raw data is"), r.stderr
     r = run_cli([sys.executable, str(REPO / "tools" / "live.py"), "--min-face", "0"], cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "argument --min-face: 0 is not a positive number" in r.stderr, r.stderr
 
@@ -121,6 +169,25 @@ def test_commands_load_checkpoints_restricted(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert "crafted.pt was refused by restricted loading" in err and "--trust-checkpoint" in err
     assert not marker.exists()
+
+
+def test_only_a_bad_file_is_called_a_bad_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
+    """What Ultralytics' loader reports a damaged file with becomes one CheckpointError naming it; any other error
+    while loading is a bug, and keeps its type and traceback."""
+    from ultralytics.nn import tasks
+
+    from spayolo.checkpoints import load_checkpoint, load_yolo
+    from spayolo.errors import CheckpointError
+
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(tiny_ckpt.read_bytes()[:3000])
+    for load in (load_checkpoint, load_yolo):
+        with pytest.raises(CheckpointError, match="damaged.pt is not a loadable checkpoint"):
+            load(damaged)
+    monkeypatch.setattr(tasks, "torch_safe_load", raising(KeyError("train_args")))
+    for load in (load_checkpoint, load_yolo):
+        with pytest.raises(KeyError, match="train_args"):
+            load(tiny_ckpt)
 
 
 # --- live -------------------------------------------------------------------------------------------------------------
@@ -465,6 +532,17 @@ def test_prepare_ferplus_majority_vote(tmp_path):
     assert cv2.imread(str(out / "test/contempt/fer0000004.png"), cv2.IMREAD_UNCHANGED)[0, 0] == 4  # row 4's pixels
 
 
+def test_prepare_names_a_missing_or_damaged_input(tmp_path, capsys):
+    (tmp_path / "bad.tar.gz").write_bytes(b"not an archive")
+    for args, message in ((["--csv", str(tmp_path / "nope.csv")], f"--csv {tmp_path / 'nope.csv'}: no such file"),
+                          (["--images", str(tmp_path / "bad.tar.gz")], "bad.tar.gz: not a readable .zip or .tar(.gz) "
+                                                                       "archive (file could not be opened")):
+        assert cli.main(["prepare", "fer2013", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_image_folders_and_archive(tmp_path):
     """A RAF-DB style release: numeric class folders, test/ used as val, a corrupt image and a stray folder."""
     src = write_image_folder(tmp_path / "raf", classes=("1", "4"), per_class=2)
@@ -632,6 +710,8 @@ def test_evaluate_refuses_a_split_the_data_lacks(two_class, capsys):
     data, ckpt = two_class
     assert cli.main(["evaluate", "--model", str(ckpt), "--data", str(data), "--split", "test", "--imgsz", "32"]) == 2
     assert "no test/ split" in capsys.readouterr().err  # Ultralytics would quietly score val/ instead
+    assert cli.main(["evaluate", "--model", str(ckpt), "--data", str(data / "nope")]) == 2  # not a download attempt
+    assert f"--data {data / 'nope'}: no such folder" in capsys.readouterr().err
 
 
 def test_evaluate_scores_a_folder_without_train_split_whole(two_class, tmp_path):
@@ -723,6 +803,34 @@ def test_kfold_argument_errors(tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="fixed split"):
         fold_roots("fer2013")
+
+
+def test_kfold_records_a_failing_fold_and_keeps_the_traceback_of_a_bug(tmp_path, capsys, monkeypatch):
+    """A fold stopped by a user error ends the command with one line and exit 1; one stopped by a bug raises it again
+    with its traceback. Either way kfold.json records the failure beside the finished folds."""
+    from spayolo.apps import kfold
+
+    for k in range(2):
+        write_image_folder(tmp_path / "tiny" / f"fold{k}", per_class=1, size=32)
+    monkeypatch.setattr(kfold, "load_yolo", lambda *args: None)  # no model is built: training never starts
+    args = ["kfold", str(tmp_path / "tiny"), "--project", str(tmp_path / "runs"), "--name", "r"]
+    record = tmp_path / "runs" / "r" / "kfold.json"
+    monkeypatch.setattr(kfold, "train_and_score", raising(UsageError("lr0=-1: must be positive")))
+    assert cli.main(args) == 1
+    assert capsys.readouterr().err.startswith("spayolo kfold: fold 0 failed (lr0=-1: must be positive); finished")
+    assert json.loads(record.read_text())["failed"] == {"0": "UsageError: lr0=-1: must be positive"}
+    monkeypatch.setattr(kfold, "train_and_score", raising(KeyError("top1")))
+    with pytest.raises(KeyError, match="top1"):
+        cli.main(args)
+    assert json.loads(record.read_text())["failed"] == {"0": "KeyError: 'top1'"}
+
+
+def test_kfold_refuses_a_fold_without_training_images(tmp_path):
+    write_image_folder(tmp_path / "fold0", per_class=1, size=32)
+    shutil.rmtree(tmp_path / "fold0" / "train")
+    (tmp_path / "fold0" / "train" / "happy").mkdir(parents=True)
+    with pytest.raises(MissingFileError, match="fold0/train: no images to train on"):
+        train_and_score("spayolo-n.yaml", tmp_path / "fold0", tmp_path / "run", 1, {}, "flip", False)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from torch import nn
 
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.checkpoints import load_yolo
+from spayolo.errors import MissingFileError, UsageError
 from spayolo.sources import image_files
 
 __all__ = ("class_grids", "grad_cam", "grid", "load_images", "main", "overlay", "target_layer")
@@ -31,6 +32,8 @@ def target_layer(model: nn.Module, layer: int = -2) -> nn.Module:
     layers = getattr(model, "model", None)
     if not isinstance(layers, nn.Sequential):
         raise TypeError(f"{type(model).__name__} has no Ultralytics layer list (.model); pass the layer module")
+    if not -len(layers) <= layer < len(layers):
+        raise UsageError(f"--layer {layer}: the model has layers 0 to {len(layers) - 1} (or -{len(layers)} to -1)")
     return layers[layer]
 
 
@@ -106,7 +109,7 @@ def load_images(source: list[str | Path], imgsz: int) -> tuple[list[str], torch.
         tensors.append(tensor)
         previews.append(np.uint8(tensor.permute(1, 2, 0).clamp(0, 1).numpy() * 255))  # mean 0, std 1 in Ultralytics
     if not tensors:
-        raise FileNotFoundError(f"no images found in {source}")
+        raise MissingFileError(f"no images found in {source}")
     return names, torch.stack(tensors), previews
 
 

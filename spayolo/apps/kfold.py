@@ -34,6 +34,7 @@ from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.apps.evaluate import evaluate
 from spayolo.apps.prepare import link_or_copy
 from spayolo.checkpoints import load_yolo, training_state
+from spayolo.errors import MissingFileError, SpayoloError, UsageError
 from spayolo.paths import KFOLD_DIR, read_yaml
 from spayolo.tta import DEFAULT_TTA, TTA_MODES
 
@@ -48,11 +49,11 @@ def fold_roots(dataset: str) -> list[Path]:
         folds = [p for p in Path(dataset).glob("fold*") if p.name[4:].isdigit() and (p / "train").is_dir()]
         folds.sort(key=lambda p: int(p.name[4:]))
         if not folds:
-            raise FileNotFoundError(f"{dataset} holds no fold<k>/train folders (make them with spayolo prepare)")
+            raise MissingFileError(f"{dataset} holds no fold<k>/train folders (make them with spayolo prepare)")
         return folds
     cfg = dataset_cfg(dataset)
     if not cfg.get("folds"):
-        raise ValueError(f"{cfg['name']} has a fixed split, not folds: train on it with data={cfg['name']}.yaml")
+        raise UsageError(f"{cfg['name']} has a fixed split, not folds: train on it with data={cfg['name']}.yaml")
     return [Path(resolve_dataset(f"{cfg['name']}-fold{k}.yaml")) for k in range(cfg["folds"])]
 
 
@@ -64,7 +65,7 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in DEFAULT_CFG_DICT:
-            raise ValueError(f"'{item}' is not a key=value Ultralytics training argument")
+            raise UsageError(f"'{item}' is not a key=value Ultralytics training argument")
         overrides[key] = smart_value(value)
     return overrides
 
@@ -76,10 +77,10 @@ def parse_folds(text: str | None, count: int) -> list[int]:
     try:
         folds = sorted({int(k) for k in text.split(",") if k.strip()})
     except ValueError:
-        raise ValueError(f"--folds {text}: expected comma-separated fold indices, e.g. --folds 0,3") from None
+        raise UsageError(f"--folds {text}: expected comma-separated fold indices, e.g. --folds 0,3") from None
     wrong = [k for k in folds if not 0 <= k < count]
     if wrong or not folds:
-        raise ValueError(f"--folds {text}: the dataset has folds 0-{count - 1}")
+        raise UsageError(f"--folds {text}: the dataset has folds 0-{count - 1}")
     return folds
 
 
@@ -92,15 +93,15 @@ def load_candidates(source: str) -> dict[str, dict]:
     path, cfg = read_yaml(source, KFOLD_DIR, "--select {source}: no such file (built-in: {known})")
     candidates = cfg.get("candidates") if isinstance(cfg, dict) else None
     if not isinstance(candidates, dict) or len(candidates) < 2:
-        raise ValueError(f"{path}: needs 'candidates:', a mapping of two or more recipes (name: {{key: value}})")
+        raise UsageError(f"{path}: needs 'candidates:', a mapping of two or more recipes (name: {{key: value}})")
     recipes = {}
     for name, args in candidates.items():
         args = args or {}
         if not isinstance(args, dict):
-            raise ValueError(f"{path}: candidates.{name} must be a mapping of YOLO.train arguments")
+            raise UsageError(f"{path}: candidates.{name} must be a mapping of YOLO.train arguments")
         unknown = [key for key in args if key not in DEFAULT_CFG_DICT]
         if unknown:
-            raise ValueError(f"{path}: candidates.{name}: unknown argument(s) {', '.join(unknown)}")
+            raise UsageError(f"{path}: candidates.{name}: unknown argument(s) {', '.join(unknown)}")
         recipes[str(name)] = {key: smart_value(v) if isinstance(v, str) else v for key, v in args.items()}
     return recipes
 
@@ -127,6 +128,8 @@ def train_and_score(model: str, data: Path, run: Path, epochs: int, overrides: d
                     trust: bool) -> tuple[dict, dict]:
     """Train ``model`` on data/train into ``run`` (skipped when finished with these arguments, resumed when
     interrupted); score its last epoch on data/val without and with TTA, at the size it trained at."""
+    if not any(p.is_file() for p in (data / "train").glob("*/*")):
+        raise MissingFileError(f"{data / 'train'}: no images to train on (expected one sub-folder of images per class)")
     state = training_state(run, {"model": model, "epochs": epochs, **overrides})
     if state == "interrupted":
         load_yolo(run / "weights" / "last.pt").train(resume=True)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(rest)
     candidates = load_candidates(args.select) if args.select else None
     if candidates and len(roots) < 3:
-        raise ValueError(f"--select: nested selection needs 3 or more folds, {args.dataset} has {len(roots)}")
+        raise UsageError(f"--select: nested selection needs 3 or more folds, {args.dataset} has {len(roots)}")
     load_yolo(args.model, args.trust_checkpoint)  # a bad model fails here, before any training
 
     name = args.name or f"{Path(args.dataset).name}-{Path(args.model).stem}"
@@ -225,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # keep the finished folds on record whatever stopped this one
             report["failed"] = {k: f"{type(error).__name__}: {error}"}
             _write(out, report)
-            print(f"spayolo kfold: fold {k} failed ({type(error).__name__}: {error}); finished folds are in "
-                  f"{out / 'kfold.json'}", file=sys.stderr)
+            if not isinstance(error, SpayoloError):
+                raise  # a bug, or a failure no message of spayolo's explains: its traceback, the record kept
+            print(f"spayolo kfold: fold {k} failed ({error}); finished folds are in {out / 'kfold.json'}",
+                  file=sys.stderr)
             return 1
         for key, value in zip(SCORES, (plain["top1"], augmented["top1"], plain["mean_class_accuracy"])):
             report[f"{key}_per_fold"][k] = value

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import os
 import re
 import shutil
-import sys
 import tarfile
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 
 from spayolo.data import DATASETS_CFG_DIR, dataset_cfg
+from spayolo.errors import MissingFileError, OutputExistsError, UsageError
 from spayolo.sources import IMAGE_SUFFIXES
 
 __all__ = ("Report", "ferplus_label", "main", "prepare")
@@ -38,6 +40,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test"}
 FER_SIZE = 48  # FER2013 pixels are 48x48
 TMP = ".tmp-"  # prefix of files still being written; removed when a run resumes
+# how a damaged or unsupported archive fails to open or extract (a truncated .gz ends early, or fails its checksum)
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError)
 csv.field_size_limit(1 << 24)
 
 
@@ -100,7 +104,7 @@ def read_csv(file: Path, required: tuple[str, ...]):
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{file}: missing column(s) {missing}; header is {reader.fieldnames}")
+            raise UsageError(f"{file}: missing column(s) {missing}; header is {reader.fieldnames}")
         yield from enumerate(reader, start=2)
 
 
@@ -167,15 +171,19 @@ def unpack(source: Path, scratch: Path) -> Path:
     """A folder as is, or an archive extracted into ``scratch``; then step into lone wrapper folders."""
     if source.is_file():
         scratch.mkdir(parents=True, exist_ok=True)
-        if zipfile.is_zipfile(source):
-            with zipfile.ZipFile(source) as z:
-                z.extractall(scratch)
-        else:
-            with tarfile.open(source) as t:
-                t.extractall(scratch, filter="data")
+        try:
+            if zipfile.is_zipfile(source):
+                with zipfile.ZipFile(source) as z:
+                    z.extractall(scratch)
+            else:
+                with tarfile.open(source) as t:
+                    t.extractall(scratch, filter="data")
+        except _ARCHIVE_ERRORS as error:  # tarfile lists every compression it tried, a line each: keep the first
+            reason = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
+            raise UsageError(f"{source}: not a readable .zip or .tar(.gz) archive ({reason})") from error
         source = scratch
     if not source.is_dir():
-        raise FileNotFoundError(f"{source} is neither a folder nor an archive")
+        raise MissingFileError(f"{source} is neither a folder nor an archive")
     while True:
         entries = [p for p in source.iterdir() if not p.name.startswith((".", "__"))]  # skip __MACOSX, .DS_Store
         if len(entries) != 1 or not entries[0].is_dir() or entries[0].name.lower() in SPLIT_ALIASES:
@@ -206,7 +214,7 @@ def prepare_split_folders(cfg: dict, root: Path, out: Path, report: Report) -> N
     ignore = {str(i).lower() for i in cfg.get("ignore", [])}
     splits = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in renames]
     if not any(renames[p.name.lower()] == "train" for p in splits):
-        raise FileNotFoundError(f"{root}: no train/ folder; expected <split>/<class>/ images "
+        raise MissingFileError(f"{root}: no train/ folder; expected <split>/<class>/ images "
                                 f"(split folders: {', '.join(sorted(SPLIT_ALIASES))})")
     for split_dir in splits:
         split = renames[split_dir.name.lower()]
@@ -250,7 +258,7 @@ def prepare_folds(cfg: dict, root: Path, out: Path, report: Report) -> None:
     subjects = sorted({s for s, _, _ in items})
     k = int(cfg["folds"])
     if len(subjects) < k:
-        raise ValueError(f"{len(subjects)} subjects found under {root}, too few for {k} folds")
+        raise UsageError(f"{len(subjects)} subjects found under {root}, too few for {k} folds")
     fold_of = {s: i % k for i, s in enumerate(subjects)}
     for fold in range(k):
         report.folds[f"fold{fold}"] = [s for s in subjects if fold_of[s] == fold]
@@ -290,9 +298,12 @@ def prepare(name: str, out: str | Path | None = None, csv_file: str | Path | Non
             labels_file: str | Path | None = None, images: str | Path | None = None, force: bool = False) -> Report:
     """Prepare dataset ``name`` (a cfg/datasets YAML name or file) into ``out``; see the module docstring."""
     cfg = dataset_cfg(name)
+    for flag, given in (("--csv", csv_file), ("--labels", labels_file), ("--images", images)):
+        if given and not Path(given).expanduser().exists():
+            raise MissingFileError(f"{flag} {given}: no such file or folder")
     out = Path(out).expanduser() if out else Path(cfg["root"])
     if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to rebuild it")
+        raise OutputExistsError(f"{out} already exists; pass --force to rebuild it")
     partial, scratch = out.with_name(out.name + ".partial"), out.with_name(out.name + ".extract")
     if force:
         shutil.rmtree(partial, ignore_errors=True)
@@ -303,7 +314,7 @@ def prepare(name: str, out: str | Path | None = None, csv_file: str | Path | Non
     try:
         if cfg["name"] == "ferplus" or labels_file:
             if not (csv_file and labels_file):
-                raise ValueError("ferplus needs --csv fer2013.csv and --labels fer2013new.csv")
+                raise UsageError("ferplus needs --csv fer2013.csv and --labels fer2013new.csv")
             prepare_ferplus(cfg, Path(csv_file), Path(labels_file), partial, report)
         elif csv_file:
             prepare_fer_csv(cfg, Path(csv_file), partial, report)
@@ -311,12 +322,12 @@ def prepare(name: str, out: str | Path | None = None, csv_file: str | Path | Non
             root = unpack(Path(images).expanduser(), scratch)
             (prepare_folds if cfg.get("folds") else prepare_split_folders)(cfg, root, partial, report)
         else:
-            raise ValueError(f"say where the raw data is: {cfg.get('prepare', '--images <folder>')}")
+            raise UsageError(f"say where the raw data is: {cfg.get('prepare', '--images <folder>')}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     count(partial, report)
     if not report.counts:
-        raise ValueError(f"no images were written for {cfg['name']}:\n{report.summary()}")
+        raise UsageError(f"no images were written for {cfg['name']}:\n{report.summary()}")
     add_empty_classes(cfg, partial, report)
     check_counts(cfg, report)
     manifest = {"dataset": cfg["name"], "source": str(csv_file or images), "labels": labels_file and str(labels_file),
@@ -340,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: the YAML's path under $SPAYOLO_DATASETS)")
     parser.add_argument("--force", action="store_true", help="rebuild an existing output folder")
     args = parser.parse_args(argv)
-    try:
-        report = prepare(args.dataset, args.out, args.csv, args.labels, args.images, args.force)
-    except (FileExistsError, FileNotFoundError, ValueError, tarfile.TarError, zipfile.BadZipFile) as error:
-        print(f"spayolo prepare: {error}", file=sys.stderr)
-        return 2
+    report = prepare(args.dataset, args.out, args.csv, args.labels, args.images, args.force)
     print(report.summary())
     return 0
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from spayolo.apps.args import add_checkpoint_args
+from spayolo.errors import CheckpointError, UsageError
 from spayolo.paths import SWEEPS_DIR, read_yaml
 
 __all__ = ("load_sweep", "main", "markdown")
@@ -40,19 +41,19 @@ def load_sweep(source: str | Path) -> tuple[Path, dict, dict[str, dict]]:
 
     path, cfg = read_yaml(source, SWEEPS_DIR, "sweep file not found: {source} (built-in sweeps: {known})")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("train"), dict) or not isinstance(cfg.get("runs"), dict):
-        raise ValueError(f"{path}: needs a 'train:' mapping of shared arguments and a 'runs:' mapping of runs")
+        raise UsageError(f"{path}: needs a 'train:' mapping of shared arguments and a 'runs:' mapping of runs")
     train, runs = cfg["train"], {str(name): run or {} for name, run in cfg["runs"].items()}
     for where, args in [("train", train), *((f"runs.{name}", run) for name, run in runs.items())]:
         if not isinstance(args, dict):
-            raise ValueError(f"{path}: {where} must be a mapping of arguments")
+            raise UsageError(f"{path}: {where} must be a mapping of arguments")
         unknown = [k for k in args if k not in DEFAULT_CFG_DICT and (where == "train" or k not in RUN_KEYS)]
         if unknown:
-            raise ValueError(f"{path}: {where}: unknown argument(s) {', '.join(unknown)}")
+            raise UsageError(f"{path}: {where}: unknown argument(s) {', '.join(unknown)}")
         if where != "train" and "model" not in {**train, **args}:
-            raise ValueError(f"{path}: {where} names no model")
+            raise UsageError(f"{path}: {where} names no model")
     for fixed in ("project", "name", "resume"):
         if any(fixed in args for args in (train, *runs.values())):
-            raise ValueError(f"{path}: '{fixed}' is set by spayolo sweep (--project and the run names), not the file")
+            raise UsageError(f"{path}: '{fixed}' is set by spayolo sweep (--project and the run names), not the file")
     return path, train, runs
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [name.strip() for name in args.only.split(",") if name.strip()]
         missing = [name for name in wanted if name not in runs]
         if missing:
-            raise ValueError(f"--only {args.only}: {path} has no run {', '.join(missing)} (runs: {', '.join(runs)})")
+            raise UsageError(f"--only {args.only}: {path} has no run {', '.join(missing)} (runs: {', '.join(runs)})")
         runs = {name: runs[name] for name in wanted}
     project = Path(args.project).expanduser().resolve()
     if args.commands:
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.export) / f"{name}-{Path(str(train_args['data'])).stem}.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
             if not strip_optimizer(best, s=str(out)):
-                raise ValueError(f"{best}: not an Ultralytics checkpoint, nothing exported to {out}")
+                raise CheckpointError(f"{best}: not an Ultralytics checkpoint, nothing exported to {out}")
     table = markdown({name: rows[name] for name in runs})
     (project / "sweep.md").write_text(table + "\n")
     print(table)

@@ -19,6 +19,7 @@ import torch
 from spayolo.apps.args import add_checkpoint_args, positive_int
 from spayolo.apps.evaluate import split_folder
 from spayolo.engine.distill import teacher_probabilities
+from spayolo.errors import UsageError
 
 __all__ = ("main", "parse_model")
 
@@ -45,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = split_folder(args.data, args.split)
     if folder is None:
-        raise ValueError(f"--data {args.data}: not a dataset name or folder")
+        raise UsageError(f"--data {args.data}: not a dataset name or folder")
     out = Path(args.out)
     if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: name the teacher file, e.g. {out / 'teacher.pt'}")
+        raise UsageError(f"--out {out} is a folder: name the teacher file, e.g. {out / 'teacher.pt'}")
     teacher = teacher_probabilities([parse_model(m) for m in args.models], folder, args.batch, args.device, args.tta,
                                     args.trust_checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
+from spayolo.errors import UsageError
+
 __all__ = ("Adan",)
 
 
@@ -20,9 +22,9 @@ class Adan(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.98, 0.92, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError(f"Adan needs lr, eps and weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
+            raise UsageError(f"Adan needs lr, eps and weight_decay >= 0, got {lr}, {eps}, {weight_decay}")
         if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Adan needs three betas in [0, 1), got {betas}")
+            raise UsageError(f"Adan needs three betas in [0, 1), got {betas}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spayolo.errors import UsageError
+
 __all__ = ("BatchAugment", "mix_batch")
 
 
@@ -71,7 +73,7 @@ class BatchAugment:
     def __init__(self, imgsz: int, scale: float = 0.5, fliplr: float = 0.5, flipud: float = 0.0, degrees: float = 0.0,
                  hsv_v: float = 0.4, hsv_s: float = 0.0, erasing: float = 0.4):
         if not 0.0 <= scale < 1.0:
-            raise ValueError(f"scale={scale}: the crop keeps 1 - scale to 1 of the image area, so 0 <= scale < 1")
+            raise UsageError(f"scale={scale}: the crop keeps 1 - scale to 1 of the image area, so 0 <= scale < 1")
         self.imgsz, self.scale, self.fliplr, self.flipud = int(imgsz), float(scale), float(fliplr), float(flipud)
         self.degrees, self.hsv_v, self.hsv_s, self.erasing = float(degrees), float(hsv_v), float(hsv_s), float(erasing)
 

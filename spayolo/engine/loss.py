@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from spayolo.errors import UsageError
+
 __all__ = ("DistillationLoss", "SmoothCrossEntropy")
 
 
@@ -22,7 +24,7 @@ class SmoothCrossEntropy:
 
     def __init__(self, smoothing: float = 0.0):
         if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"label_smoothing={smoothing} must be in [0, 1)")
+            raise UsageError(f"label_smoothing={smoothing} must be in [0, 1)")
         self.smoothing = float(smoothing)
 
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -41,9 +43,9 @@ class DistillationLoss(SmoothCrossEntropy):
     def __init__(self, smoothing: float = 0.0, weight: float = 0.5, temperature: float = 1.0):
         super().__init__(smoothing)
         if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"distill_weight={weight} must be in [0, 1]")
+            raise UsageError(f"distill_weight={weight} must be in [0, 1]")
         if temperature <= 0:
-            raise ValueError(f"distill_temp={temperature} must be > 0")
+            raise UsageError(f"distill_temp={temperature} must be > 0")
         self.weight, self.temperature = float(weight), float(temperature)
 
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

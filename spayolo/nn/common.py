@@ -10,19 +10,21 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import DWConv
 
+from spayolo.errors import UsageError
 from spayolo.registry import register_layer
 
-__all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "channels_last", "classify_output", "in_layout_of",
-           "keep_channels_last", "same_width")
+__all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "channels_last", "classify_output", "depthwise_conv",
+           "in_layout_of", "keep_channels_last", "kernel_wider_than_map", "same_width")
 
 
 def same_width(block: str, c1: int, c2: int | None) -> int:
-    """Return ``c1`` for a block whose residual or gate keeps its width; ValueError naming the block if ``c2`` differs.
+    """Return ``c1`` for a block whose residual or gate keeps its width; UsageError naming the block if ``c2``
+    differs.
 
     ``c2=None`` (the block built by hand, outside a YAML) means "same as ``c1``".
     """
     if c2 is not None and c2 != c1:
-        raise ValueError(f"{block} keeps its width (residual or gate): c1={c1} and c2={c2} must match")
+        raise UsageError(f"{block} keeps its width (residual or gate): c1={c1} and c2={c2} must match")
     return c1
 
 
@@ -93,18 +95,31 @@ class PaddedDWConv(DWConv):
         return self.act(self.depthwise(x))
 
     def depthwise(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv  # Ultralytics' fuse() swaps in a conv with the BN folded in
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        if all(n >= d * (k - 1) + 1 for n, k, d in zip(size, conv.kernel_size, conv.dilation)):
-            return conv(x)
-        if torch.is_grad_enabled() and conv.groups == conv.in_channels == conv.out_channels:
-            index, ho, wo = _tap_index(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, x.device)
-            taps = F.pad(conv.weight.flatten(1), (0, 1))  # (C, kh * kw + 1): the last tap is the padding's zero
-            y = torch.einsum("coi,bci->bco", taps[:, index], keep_channels_last(x).flatten(2)).unflatten(2, (ho, wo))
-            y = in_layout_of(x, y)
-            return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
-        ph, pw = conv.padding
-        return F.conv2d(F.pad(x, (pw, pw, ph, ph)), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+        return depthwise_conv(self.conv, x)  # Ultralytics' fuse() swaps in a conv with the BN folded in
+
+
+def kernel_wider_than_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """True where ``conv``'s (dilated) kernel spans more than ``x``'s map in height or width."""
+    return any(n < d * (k - 1) + 1 for n, k, d in zip(x.shape[-2:], conv.kernel_size, conv.dilation))
+
+
+def depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a depthwise ``conv``, fast where its kernel is wider than the map (see :class:`PaddedDWConv`).
+
+    Same weights, same outputs: with gradients on, each channel's convolution becomes the (HW x HW) matrix of its
+    kernel taps gathered from the weights; without, the padding is done first and the convolution runs unpadded.
+    """
+    if not kernel_wider_than_map(conv, x):
+        return conv(x)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    if torch.is_grad_enabled() and conv.groups == conv.in_channels == conv.out_channels:
+        index, ho, wo = _tap_index(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, x.device)
+        taps = F.pad(conv.weight.flatten(1), (0, 1))  # (C, kh * kw + 1): the last tap is the padding's zero
+        y = torch.einsum("coi,bci->bco", taps[:, index], keep_channels_last(x).flatten(2)).unflatten(2, (ho, wo))
+        y = in_layout_of(x, y)
+        return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+    ph, pw = conv.padding
+    return F.conv2d(F.pad(x, (pw, pw, ph, ph)), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
 def channels_last(x: torch.Tensor) -> bool:
@@ -144,8 +159,10 @@ def keep_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave channels across ``groups`` (ShuffleNet, Zhang et al., CVPR 2018, Sec. 3.1)."""
+    """Interleave channels across ``groups`` (ShuffleNet, Zhang et al., CVPR 2018, Sec. 3.1), in ``x``'s layout."""
     b, c, h, w = x.shape
+    if channels_last(x):  # shuffle the last axis of the (b, h, w, c) view: one copy, and channels_last again
+        return x.permute(0, 2, 3, 1).unflatten(3, (groups, c // groups)).transpose(3, 4).flatten(3).permute(0, 3, 1, 2)
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv, DWConv
 
+from spayolo.errors import UsageError
 from spayolo.registry import register_block, register_layer
 
 from .common import channel_shuffle, same_width
@@ -56,7 +57,7 @@ class SS2D(nn.Module):
                  gate: nn.Module | None = None):
         super().__init__()
         if directions not in (2, 4):
-            raise ValueError(f"SS2D scans 2 or 4 directions, got {directions}")
+            raise UsageError(f"SS2D scans 2 or 4 directions, got {directions}")
         d, k = int(expand * c), directions
         self.d, self.k, self.n, self.r = d, k, d_state, math.ceil(c / 16)
         self.in_proj = nn.Conv2d(c, 2 * d, 1, bias=False)  # x and the gate z
@@ -109,7 +110,7 @@ class ConvSSM(nn.Module):
     def __init__(self, c1: int, c2: int, scan: bool = True, d_state: int = 16):
         super().__init__()
         if same_width("ConvSSM", c1, c2) % 2:
-            raise ValueError(f"ConvSSM splits its input in two halves: c1={c1} must be even")
+            raise UsageError(f"ConvSSM splits its input in two halves: c1={c1} must be even")
         c = c1 // 2
         self.conv = nn.Sequential(DWConv(c, c, 3), Conv(c, c, 1))
         self.ssm = SS2D(c, d_state) if scan else nn.Identity()

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
 
+from spayolo.errors import UsageError
 from spayolo.registry import register_block
 
-from .common import SEGate, channel_shuffle, classify_output, same_width
+from .common import (SEGate, channel_shuffle, classify_output, depthwise_conv, keep_channels_last, kernel_wider_than_map,
+                     same_width)
 
 __all__ = ("LANMSFFBlock", "LANMSFFConvBlock", "LANMSFFHead", "MassAtt", "PWFS", "SeparableConv")
 
@@ -84,17 +86,18 @@ class PWFS(nn.Module):
     def __init__(self, c1: int, c2: int | None = None):
         super().__init__()
         if c1 < 3:
-            raise ValueError(f"PWFS needs at least 3 channels to form three groups, got {c1}")
+            raise UsageError(f"PWFS needs at least 3 channels to form three groups, got {c1}")
         if c2 is not None and c2 != _pwfs_width(c1):
-            raise ValueError(f"PWFS maps {c1} channels to {_pwfs_width(c1)}, not {c2}")
+            raise UsageError(f"PWFS maps {c1} channels to {_pwfs_width(c1)}, not {c2}")
         self.g = _pwfs_width(c1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.g
-        first, middle, last = x[:, :g], x[:, g : 2 * g], x[:, 2 * g :]
-        last = torch.cat((last, middle[:, last.shape[1] :]), 1)
-        groups = torch.stack((first, middle, last))
-        return (groups.amax(0) + groups.amin(0)) / 2
+        g, x = self.g, keep_channels_last(x)
+        missing = 3 * g - x.shape[1]
+        if missing:  # the short last group takes the middle group's members at the same positions
+            x = torch.cat((x, x[:, 2 * g - missing : 2 * g]), 1)
+        groups = x.unflatten(1, (3, g))  # a view in either layout: no copy of the three groups
+        return (groups.amax(1) + groups.amin(1)) / 2
 
 
 @register_block("out")
@@ -103,6 +106,9 @@ class SeparableConv(nn.Module):
 
     No activation between the depthwise and pointwise convs, unlike Ultralytics' ``DWConv`` + ``Conv``; the activation
     is Ultralytics' ``Conv.default_act`` (a YAML's ``activation:``), so the block follows the model like ``Conv`` does.
+    Same weights, same outputs, each computed where it trains fastest on a CPU: a kernel wider than the map goes
+    through :func:`~spayolo.nn.common.depthwise_conv`, and a dilated depthwise conv trains in fp32 under CPU autocast,
+    since oneDNN's bf16 depthwise backward with dilation takes many times its fp32 one (the weight gradient above all).
 
     Args:
         c1 (int): Input channels.
@@ -123,7 +129,16 @@ class SeparableConv(nn.Module):
         self.act = Conv.default_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.pointwise(self.depthwise(x))))
+        return self.act(self.bn(self.pointwise(self.spatial(x))))
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv, on its fastest path (class doc)."""
+        conv = self.depthwise
+        if (conv.dilation != (1, 1) and torch.is_grad_enabled() and x.device.type == "cpu"
+                and torch.is_autocast_enabled("cpu") and not kernel_wider_than_map(conv, x)):
+            with torch.autocast("cpu", enabled=False):
+                return conv(x.float())
+        return depthwise_conv(conv, x)
 
 
 @register_block("out")
@@ -171,7 +186,7 @@ class LANMSFFBlock(nn.Module):
     def __init__(self, c1: int, c2: int, massatt: bool = True):
         super().__init__()
         if c1 % 2 or c2 % 2:
-            raise ValueError(f"LANMSFFBlock splits its channels between two paths: c1={c1} and c2={c2} must be even")
+            raise UsageError(f"LANMSFFBlock splits its channels between two paths: c1={c1} and c2={c2} must be even")
         h1, h2 = c1 // 2, c2 // 2
         self.split = nn.ModuleList((Conv(h1, h2, 3), Conv(h1, h2, 3, d=2)))
         self.separable = nn.ModuleList((SeparableConv(c2, h2, 3), SeparableConv(c2, h2, 3, d=2)))
@@ -181,9 +196,9 @@ class LANMSFFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         halves = channel_shuffle(x, 2).chunk(2, 1)
-        x = torch.cat([path(half) for path, half in zip(self.split, halves)], 1)
+        x = torch.cat([keep_channels_last(path(half)) for path, half in zip(self.split, halves)], 1)
         for paths in (self.separable, self.full):
-            x = torch.cat([path(x) for path in paths], 1)
+            x = torch.cat([keep_channels_last(path(x)) for path in paths], 1)
         return self.project(self.attention(x))
 
 

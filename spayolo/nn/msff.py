@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
 
+from spayolo.errors import UsageError
 from spayolo.registry import register_block, register_layer
 
 from .common import same_width
@@ -91,7 +92,7 @@ class FFM(nn.Module):
     def __init__(self, c1: list[int], c2: int):
         super().__init__()
         if len(c1) != 2 or c1[0] != c1[1] or c2 != c1[0]:
-            raise ValueError(f"FFM fuses two inputs of equal width into that width, got c1={c1}, c2={c2}")
+            raise UsageError(f"FFM fuses two inputs of equal width into that width, got c1={c1}, c2={c2}")
         self.w = nn.Parameter(torch.full((2,), 0.5))
         self.conv = nn.Conv2d(2 * c2, c2, 1)
 

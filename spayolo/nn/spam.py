@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
 
+from spayolo.errors import UsageError
 from spayolo.registry import register_block, register_layer
 
 from .common import PaddedDWConv, SEGate, in_layout_of, keep_channels_last, same_width
@@ -125,7 +126,7 @@ class GAM(nn.Module):
     def __init__(self, c1: int, c2: int, attention: str = "gate", r: int = 16):
         super().__init__()
         if attention not in ("gate", "spatial"):
-            raise ValueError(f"GAM attention must be 'gate' or 'spatial', got {attention!r}")
+            raise UsageError(f"GAM attention must be 'gate' or 'spatial', got {attention!r}")
         self.attention = attention
         self.global_gate = SEGate(same_width("GAM", c1, c2), r=r)  # out = ... + X: V and X share the width
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
 
+from spayolo.errors import UsageError
 from spayolo.registry import register_block
 
 from .common import classify_output, same_width
@@ -82,7 +83,7 @@ class MF(nn.Module):
         out, inp = x
         branch = self.branch(inp)
         if branch.shape[-2:] != out.shape[-2:]:
-            raise ValueError(f"MF: input branch is {tuple(branch.shape[-2:])} but the stage output is "
+            raise UsageError(f"MF: input branch is {tuple(branch.shape[-2:])} but the stage output is "
                              f"{tuple(out.shape[-2:])}; set s to the stage's stride")
         return self.fuse(torch.cat((out, branch), 1))
 
