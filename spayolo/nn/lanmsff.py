@@ -13,8 +13,15 @@ from ultralytics.nn.modules import Conv
 from spayolo.errors import UsageError
 from spayolo.registry import register_block
 
-from .common import (SEGate, channel_shuffle, classify_output, depthwise_conv, keep_channels_last, kernel_wider_than_map,
-                     same_width)
+from .common import (
+    SEGate,
+    channel_shuffle,
+    classify_output,
+    depthwise_conv,
+    keep_channels_last,
+    kernel_wider_than_map,
+    same_width,
+)
 
 __all__ = ("LANMSFFBlock", "LANMSFFConvBlock", "LANMSFFHead", "MassAtt", "PWFS", "SeparableConv")
 
