@@ -62,7 +62,7 @@ RUNTIME = {
     "description": "Facial expression recognition on ONNX Runtime, NumPy and OpenCV: spayolo's deployment install",
     "install_requires": ["numpy>=1.23", "opencv-python-headless>=4.8", "onnxruntime>=1.18"],
     "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"]},
-    "package_data": {"spayolo": ["assets/*"], "spayolo.weights": ["*.onnx", "mtcnn/*.onnx"]},
+    "package_data": {"spayolo.assets": ["*.jpg"], "spayolo.weights": ["*.onnx"], "spayolo.weights.mtcnn": ["*.onnx"]},
 }
 flavour = os.environ.get("SPAYOLO_DIST", "full")
 if flavour not in ("full", "runtime"):

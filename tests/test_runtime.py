@@ -4,6 +4,7 @@ so nothing here may import them."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ SHIPPED_NAMES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surpris
 
 def _photos() -> dict:
     """The face photos of PHOTOS whose package this install has (the runtime install has spayolo's own only)."""
-    return {key: boxes for key, boxes in PHOTOS.items() if package_file(*key).is_file()}
+    return {key: boxes for key, boxes in PHOTOS.items() if importlib.util.find_spec(key[0])}
 
 
 @pytest.fixture(scope="module")
