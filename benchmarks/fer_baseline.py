@@ -1,9 +1,9 @@
 """Measure the `fer` package (mini-Xception, Keras/TFLite) on a prepared FER2013 folder, and its end-to-end speed.
 
     python -m venv ~/venv-fer && ~/venv-fer/bin/pip install fer
-    ~/venv-fer/bin/python tools/fer_baseline.py ~/.cache/spayolo/datasets/fer2013/val
-    ~/venv-fer/bin/python tools/fer_baseline.py ~/.cache/spayolo/datasets/fer2013/val --model keras --crop box
-    ~/venv-fer/bin/python tools/fer_baseline.py --video ~/.cache/spayolo/demo.mp4
+    ~/venv-fer/bin/python benchmarks/fer_baseline.py ~/.cache/spayolo/datasets/fer2013/val
+    ~/venv-fer/bin/python benchmarks/fer_baseline.py ~/.cache/spayolo/datasets/fer2013/val --model keras --crop box
+    ~/venv-fer/bin/python benchmarks/fer_baseline.py --video ~/.cache/spayolo/demo.mp4
 
 Runs in a venv of its own (fer pulls TensorFlow) and imports nothing from spayolo. Each face goes through fer's own
 code as `FER.detect_emotions` prepares a detected face: gray, resized to the model's 64 px with OpenCV, scaled to
