@@ -30,6 +30,7 @@ COMMANDS = {
     "live": "spayolo.apps.live",
     "prepare": "spayolo.apps.prepare",
     "evaluate": "spayolo.apps.evaluate",
+    "export-ensemble": "spayolo.apps.export_ensemble",
     "kfold": "spayolo.apps.kfold",
     "cam": "spayolo.apps.cam",
     "sweep": "spayolo.apps.sweep",

@@ -38,13 +38,14 @@ from conftest import (
 )
 from spayolo import cli
 from spayolo.apps import cam, prepare as prep
-from spayolo.apps.evaluate import TTAValidator, evaluate, table
+from spayolo.apps.evaluate import evaluate, table
 from spayolo.apps.kfold import fold_roots, inner_split, load_candidates, parse_overrides, train_and_score
 from spayolo.apps.live import Stopped, StopSignals
 from spayolo.apps.overlay import COLOURS, draw
 from spayolo.checkpoints import training_state
+from spayolo.classifier import load_classifier
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
-from spayolo.engine.classify import FERValidator
+from spayolo.engine.scoring import folder_probabilities
 from spayolo.errors import MissingFileError, SpayoloError, UsageError
 from spayolo.pipeline import Face, FERPipeline
 from spayolo.tta import view_fractions
@@ -56,7 +57,7 @@ TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if p.name != "benchmark.
 
 
 def test_command_dispatch_and_usage(capsys, monkeypatch):
-    usage = "usage: spayolo [--debug] {live,prepare,evaluate,kfold,cam,sweep,teach,benchmark}"
+    usage = f"usage: spayolo [--debug] {{{','.join(cli.COMMANDS)}}}"
     assert cli.main([]) == 2 and usage in capsys.readouterr().out
     assert cli.main(["--help"]) == 0 and "spayolo live --source clip.mp4" in capsys.readouterr().out
     assert cli.main(["train"]) == 2 and "unknown command 'train'" in capsys.readouterr().err
@@ -724,52 +725,61 @@ def test_evaluate_scores_a_folder_without_train_split_whole(two_class, tmp_path)
     # score the fifth of it that it drew as val
 
 
-@pytest.mark.parametrize("mode", ["flip", "flip+zoom"])
-def test_tta_validator_averages_every_view_and_its_mirror(mode):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3), torch.nn.Softmax(1))
-    validator = TTAValidator.__new__(TTAValidator)
-    validator.device, validator.args = torch.device("cpu"), types.SimpleNamespace(quantize=32, half=False)
-    validator.tta = mode
-    views = [torch.rand(2, 3, 4, 4) for _ in view_fractions(mode)]  # the dataset stacks them along the channels
-    batch = validator.preprocess({"img": torch.cat(views, 1), "cls": torch.tensor([0, 1])})
-    assert batch["img"].shape == (4 * len(views), 3, 4, 4) and torch.equal(batch["cls"], torch.tensor([0, 1]))
-    probs = validator.postprocess(net(batch["img"]))
-    assert torch.allclose(probs, sum(net(x) + net(x.flip(-1)) for x in views) / (2 * len(views)))
-    assert TTAValidator.for_mode("none") is TTAValidator.for_mode(False) is FERValidator
+class _Recorder:
+    """A classifier that records the views it is given and answers with their mean brightness per channel."""
+
+    names, source = ["happy", "sad"], "recorder"
+
+    def __init__(self, sizes=(32,)):
+        self.sizes, self.calls = sizes, []
+
+    def __call__(self, views, mirror=False):
+        self.calls.append((views, mirror))
+        probs = [v[..., :2, 0, 0].mean(0) for v in views.values()]  # (faces, 2) from the first two channels
+        return np.mean(probs, 0)
 
 
-def test_flip_zoom_validator_cuts_the_zoomed_view_from_the_decoded_image(tmp_path):
-    """The pipeline cuts a zoomed view from the frame; the validator from the image file, not from its model-sized
-    copy."""
+@pytest.mark.parametrize("mode", ["none", "flip", "flip+zoom"])
+def test_scoring_feeds_every_view_of_every_image(tmp_path, mode):
+    """The zoomed view is cut from the decoded image (as the pipeline cuts it from the frame), not from its
+    model-sized copy; mirroring is the classifier's to do, asked for with any TTA."""
     data = write_image_folder(tmp_path / "faces", per_class=1, size=64)  # scored at 32
-    validator = TTAValidator.for_mode("flip+zoom")(args={"imgsz": 32, "split": "val", "data": str(data)})
-    assert validator.tta == "flip+zoom"
-    sample = validator.build_dataset(str(data / "val"))[0]
+    recorder = _Recorder()
+    scored = folder_probabilities(recorder, data / "val", mode, batch=8)
+    (views, mirror), = recorder.calls
+    assert views[32].shape == (len(view_fractions(mode)), 2, 3, 32, 32) and mirror == (mode != "none")
+    assert scored["labels"].tolist() == [0, 1] and scored["names"] == ["happy", "sad"]
+    assert [Path(f).name for f in scored["files"]] == ["val_0.jpg", "val_0.jpg"]
     image = Image.fromarray(cv2.cvtColor(cv2.imread(str(data / "val" / "happy" / "val_0.jpg")), cv2.COLOR_BGR2RGB))
-    zoomed = classify_transforms(36)(image)[:, 2:34, 2:34]  # 32 / (8/9) = 36, central 32
-    assert sample["img"].shape == (6, 32, 32) and sample["cls"] == 0
-    torch.testing.assert_close(sample["img"], torch.cat([classify_transforms(32)(image), zoomed]))
-    from_copy = F.interpolate(sample["img"][None, :3], size=36, mode="bilinear")[0, :, 2:34, 2:34]
-    assert (from_copy - zoomed).abs().mean() > 0.01
+    np.testing.assert_allclose(views[32][0, 0], classify_transforms(32)(image).numpy(), atol=1e-6)
+    if mode == "flip+zoom":
+        zoomed = classify_transforms(36)(image)[:, 2:34, 2:34]  # 32 / (8/9) = 36, central 32
+        np.testing.assert_allclose(views[32][1, 0], zoomed.numpy(), atol=1e-6)
+        from_copy = F.interpolate(torch.from_numpy(views[32][0, :1]), size=36, mode="bilinear")[0, :, 2:34, 2:34]
+        assert (from_copy - zoomed).abs().mean() > 0.01
 
 
-def test_evaluate_tta_on_pytorch_and_onnx_at_the_models_own_size(two_class, tmp_path, monkeypatch):
+def test_scoring_refuses_a_model_of_other_classes(tmp_path):
+    data = write_image_folder(tmp_path / "faces", classes=("angry", "calm"), per_class=1, size=32)
+    with pytest.raises(UsageError, match="recorder has classes \\['happy', 'sad'\\]"):
+        folder_probabilities(_Recorder(), data / "val")
+
+
+def test_evaluate_tta_on_pytorch_onnx_and_an_ensemble_of_both(two_class, tmp_path, monkeypatch):
     from ultralytics import YOLO
 
     data, ckpt = two_class
     monkeypatch.chdir(tmp_path)
     exported = YOLO(str(ckpt)).export(format="onnx", imgsz=32, dynamic=True, opset=17)
-    scored, postprocess = [], TTAValidator.postprocess  # what each run scored, image by image
-    monkeypatch.setattr(TTAValidator, "postprocess", lambda self, preds: scored.append(postprocess(self, preds))
-                        or scored[-1])
-    pt = evaluate(str(ckpt), str(data), batch=2, device="cpu", tta=True)  # train_args say 32
-    pt_probs, scored[:] = torch.cat(scored), []
-    onnx = evaluate(exported, str(data), batch=2, device="cpu", tta=True)  # the export metadata say 32
-    assert pt["imgsz"] == onnx["imgsz"] == 32
-    assert pt["tta"] and pt["images"] == onnx["images"] == 6 and pt["confusion"] == onnx["confusion"]
-    assert pt_probs.shape == (6, 2) and (pt_probs.amax(0) - pt_probs.amin(0)).min() > 1e-3  # answers differ
-    torch.testing.assert_close(torch.cat(scored), pt_probs, atol=1e-4, rtol=0)
+    pt = folder_probabilities(load_classifier(str(ckpt)), data / "val", "flip", batch=2)["probs"]  # train_args: 32
+    onnx = folder_probabilities(load_classifier(exported), data / "val", "flip", batch=2)["probs"]  # metadata: 32
+    assert pt.shape == (6, 2) and np.ptp(pt, 0).min() > 1e-3  # the images get different answers
+    np.testing.assert_allclose(onnx, pt, atol=1e-4)
+    reports = [evaluate(m, str(data), batch=2, device="cpu", tta=True) for m in (str(ckpt), exported)]
+    assert reports[0]["imgsz"] == reports[1]["imgsz"] == 32 and reports[0]["tta"] == "flip"
+    assert reports[0]["confusion"] == reports[1]["confusion"] and reports[0]["images"] == 6
+    both = evaluate([str(ckpt), exported], str(data), batch=2, device="cpu", tta=True)
+    assert both["model"] == [str(ckpt), exported] and both["confusion"] == reports[0]["confusion"]
 
 
 def test_evaluate_scores_a_checkpoint_without_train_args_at_64(two_class, tmp_path):

@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_args(parser)
     args = parser.parse_args(argv)
     folder = split_folder(args.data, args.split)
-    if folder is None:
-        raise UsageError(f"--data {args.data}: not a dataset name or folder")
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: name the teacher file, e.g. {out / 'teacher.pt'}")

@@ -19,18 +19,6 @@ __all__ = ("load_teacher", "teacher_probabilities")
 FORMAT = "spayolo-teacher-1"
 
 
-def _split_samples(folder: Path) -> tuple[list, dict[int, str]]:
-    """The ``(file, class)`` rows and class names of an image folder, in the order the stock dataset reads it."""
-    from torchvision.datasets import ImageFolder
-    from ultralytics.data.utils import IMG_FORMATS
-
-    found = ImageFolder(str(folder), allow_empty=True, is_valid_file=lambda f: f.rsplit(".", 1)[-1].lower() in
-                        IMG_FORMATS)
-    if not found.samples:
-        raise MissingFileError(f"no images in {folder} (expected one sub-folder of images per class)")
-    return found.samples, dict(enumerate(found.classes))
-
-
 def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Path, batch: int = 256,
                           device: str = "cpu", tta: bool = True, trusted: bool = False) -> dict:
     """The mean class probabilities of ``models`` (``(path, imgsz or None)``: the size it was trained at) on every
@@ -39,31 +27,23 @@ def teacher_probabilities(models: list[tuple[str, int | None]], folder: str | Pa
     Returns the teacher file's content: ``files`` (relative to ``folder``), ``labels`` (N,), ``probs`` (N, classes),
     ``names``, ``split`` (the folder's name), ``models`` and ``tta``.
     """
-    from ultralytics.data.augment import classify_transforms
+    from spayolo.classifier import Ensemble, load_classifier
+    from spayolo.torch_classifier import trained_size
 
-    from spayolo.classifier import load_classifier
-    from spayolo.torch_classifier import checked_device, trained_size
+    from .scoring import folder_probabilities
 
-    from .ramdata import RamImages
-
-    folder = Path(folder)
-    samples, names = _split_samples(folder)
-    target = checked_device(device)
-    total = torch.zeros(len(samples), len(names))
+    members = []
     for path, imgsz in models:
         size = imgsz or trained_size(path, trusted)
         if not size:
             raise UsageError(f"teacher {path}: give its input size (path:imgsz); the file does not say it")
-        classifier = load_classifier(str(path), "torch", target, trusted=trusted, imgsz=size)
-        if classifier.names != list(names.values()):
-            raise UsageError(f"teacher {path} has classes {classifier.names}, {folder} has {list(names.values())}")
-        images = RamImages(samples, transform=classify_transforms(size=size)).images
-        for start in range(0, len(images), batch):
-            x = images[start : start + batch].float().div_(255).expand(-1, 3, -1, -1).numpy()
-            total[start : start + batch] += torch.from_numpy(classifier({size: x[None]}, mirror=tta))
-    return {"format": FORMAT, "files": [Path(f).relative_to(folder).as_posix() for f, _ in samples],
-            "labels": torch.tensor([c for _, c in samples]), "probs": total / len(models), "names": names,
-            "split": folder.name, "models": [f"{p}:{s}" if s else str(p) for p, s in models], "tta": tta}
+        members.append(load_classifier(str(path), "torch", device, trusted=trusted, imgsz=size))
+    folder = Path(folder)
+    scored = folder_probabilities(Ensemble(members), folder, "flip" if tta else "none", batch)
+    return {"format": FORMAT, "files": [Path(f).relative_to(folder).as_posix() for f in scored["files"]],
+            "labels": torch.from_numpy(scored["labels"]), "probs": torch.from_numpy(scored["probs"]),
+            "names": dict(enumerate(scored["names"])), "split": folder.name,
+            "models": [f"{p}:{s}" if s else str(p) for p, s in models], "tta": tta}
 
 
 def load_teacher(file: str | Path, samples: list, folder: str | Path, names: dict[int, str]) -> torch.Tensor:
