@@ -9,6 +9,7 @@ rebuilt. ``trusted=True`` (``--trust-checkpoint``) restores the stock behaviour 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import yaml
@@ -25,18 +26,27 @@ _UNUSABLE = (TypeError, ModuleNotFoundError)
 
 
 def _reason(error: Exception) -> str:
-    """Ultralytics' multi-line, emoji-decorated loader messages reduced to their first sentence."""
+    """What is wrong with a file Ultralytics' loader could not read, without its advice to fetch a hub model (spayolo
+    works offline): the torch error's first line where it says more than that the file did not unpickle."""
+    cause = error.__cause__
+    if isinstance(cause, (RuntimeError, EOFError)) or "references types outside" in str(error):
+        detail = str(cause).strip().split(". ")[0] if isinstance(cause, RuntimeError) else ""
+        return "the file is empty, cut short, damaged or not a PyTorch checkpoint at all" + (f" ({detail})"
+                                                                                             if detail else "")
     text = str(error).replace("ERROR ❌️ ", "").splitlines()
     return (text[0] if text else type(error).__name__).strip()
 
 
 def _refusal(path: Path, error: Exception) -> CheckpointError:
-    """A refused class (the allow-list at work) told apart from a damaged file, which fails to unpickle as well."""
-    cause = error.__cause__ or error
-    if "Unsupported global" in str(cause):
-        return CheckpointError(f"{path} was refused by restricted loading: it references classes other than torch, "
-                               f"Ultralytics and spayolo models (pass trusted=True / --trust-checkpoint only if you "
-                               f"trust the file: loading it runs the code it contains)")
+    """A refused class (the allow-list at work), named, told apart from a damaged file, which fails to unpickle too."""
+    cause = str(error.__cause__ or error)
+    # torch names the first class it refuses: "Unsupported global: GLOBAL m.C" or "unsupported GLOBAL m.f whose module
+    # m is blocked"
+    refused = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", cause, re.IGNORECASE)
+    if refused:
+        return CheckpointError(f"{path} was refused by restricted loading: it references {refused[1]}, which is not "
+                               f"a torch, Ultralytics or spayolo model class (pass trusted=True / --trust-checkpoint "
+                               f"only if you trust the file: loading it runs the code it contains)")
     return CheckpointError(f"{path} is not a loadable checkpoint: {_reason(error)}")
 
 

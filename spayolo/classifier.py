@@ -18,8 +18,8 @@ from spayolo.errors import CheckpointError, MissingDependencyError, MissingFileE
 from spayolo.paths import packaged
 from spayolo.runtime import OnnxModel
 
-__all__ = ("DEFAULT_MODELS", "Ensemble", "OnnxClassifier", "load_classifier", "mean_over_views", "names_list",
-           "probabilities")
+__all__ = ("DEFAULT_MODELS", "EXPRESSIONS", "Ensemble", "OnnxClassifier", "expression_warning", "load_classifier",
+           "mean_over_views", "names_list", "probabilities")
 
 # the shipped classifier, per backend: the same weights as a checkpoint and as their ONNX export
 DEFAULT_MODELS = {"onnx": packaged("weights", "spayolo-n-fer2013.onnx"), "torch": packaged("weights", "spayolo-n-fer2013.pt")}
@@ -86,7 +86,32 @@ class OnnxClassifier:
         """An ONNX classifier runs at the size it was exported at (spayolo's DFT bases are constants in it)."""
         if self.sizes and self.sizes != (imgsz,):
             raise UsageError(f"{self.source} was exported for {self.sizes[0]}x{self.sizes[0]} inputs, not {imgsz}: "
-                             f"pass --imgsz {self.sizes[0]} (imgsz={self.sizes[0]}), or export it again at {imgsz}")
+                             f"pass --imgsz {self.sizes[0]} or leave --imgsz out (the file says its size), or export "
+                             f"it again at {imgsz}")
+
+    def _runs(self, size: int) -> bool:
+        """Whether the model takes a (1, 3, size, size) input; ONNX Runtime's own error log is kept quiet."""
+        import onnxruntime
+
+        options = onnxruntime.RunOptions()
+        options.log_severity_level = 4
+        feed = {name: np.zeros((self.model.batch or 1, 3, size, size), np.float32) for name in self.model.inputs}
+        try:
+            self.model.session.run(None, feed, options)
+        except Exception:  # noqa: BLE001  ONNX Runtime reports a shape mismatch in its own exception types
+            return False
+        return True
+
+    def size_that_runs(self, wanted: int, given: bool) -> int:
+        """The input size of a model whose file does not say it (metadata stripped, dynamic height and width):
+        ``wanted`` if the model runs on it, else a UsageError naming a usual size that it does run on."""
+        if self._runs(wanted):
+            return wanted
+        fits = next((s for s in (32, 40, 44, 48, 56, 64, 96, 112, 128, 160, 192, 224, 256)
+                     if s != wanted and self._runs(s)), None)
+        how = "given with --imgsz" if given else "assumed, as its file does not say its size"
+        hint = f"it runs on {fits}x{fits}: pass --imgsz {fits}" if fits else "pass its input size with --imgsz"
+        raise UsageError(f"{self.source} does not run on {wanted}x{wanted} inputs ({how}); {hint}")
 
     def __call__(self, views: dict[int, np.ndarray], mirror: bool = False) -> np.ndarray:
         """(N, nc) probabilities from views {size: (V,N,3,S,S) float32 RGB 0-1} at each of ``sizes``."""
@@ -145,8 +170,23 @@ def load_classifier(model=None, backend: str = "onnx", device="cpu", half: bool 
         if path.suffix.lower() == ".onnx":
             classifier = OnnxClassifier(path, device, threads=threads)
             if classifier.sizes is None:
-                classifier.sizes = (imgsz or 64,)
+                classifier.sizes = (classifier.size_that_runs(imgsz or 64, given=bool(imgsz)),)
             elif imgsz:
                 classifier.check_size(imgsz)
             return classifier
     return _torch_classifier(model, backend, device, half, trusted, imgsz, threads)
+
+
+# class names of the expression datasets spayolo knows and of common FER models, lower case
+EXPRESSIONS = frozenset({"anger", "angry", "calm", "contempt", "disgust", "disgusted", "fear", "fearful", "happiness",
+                         "happy", "joy", "neutral", "sad", "sadness", "scared", "surprise", "surprised"})
+
+
+def expression_warning(names: list[str] | None, source: str) -> str | None:
+    """One line saying that a classifier's classes are not facial expressions (an ImageNet model given by mistake),
+    naming a few of them; None when one of them is an expression (or the model names none)."""
+    if not names or any(str(n).strip().lower() in EXPRESSIONS for n in names):
+        return None
+    shown = ", ".join(map(str, names[:4])) + (f", ... {names[-1]}" if len(names) > 4 else "")
+    return (f"{source} has {len(names)} classes ({shown}), none of them a facial expression: its labels are not "
+            f"expressions (pass an expression classifier with --model)")

@@ -132,7 +132,8 @@ class FERPipeline:
         return self.process([source], track=bool(self.track))[0]
 
     def stream(self, source):
-        """Yield (index, frame, faces) for a video file, camera index, URL, image or folder of images.
+        """Yield (index, frame, faces) for a video file, camera index, URL, image or folder of images; ``index`` is the
+        frame's place in the source (every n-th with open_source's ``stride``, an image's place in its folder).
 
         ``source`` may also be a spayolo.sources.FrameSource. Video frames are tracked unless track=False; the
         images of a folder are not (they are unrelated). Raises SourceError when the source cannot be opened or
@@ -140,8 +141,8 @@ class FERPipeline:
         """
         source = source if isinstance(source, FrameSource) else open_source(source)
         track = self.track is not False and source.sequential
-        for i, frame in enumerate(source):
-            yield i, frame, self.process([frame], track=track)[0]
+        for frame in source:
+            yield source.index, frame, self.process([frame], track=track)[0]
 
     @staticmethod
     def _read(source) -> np.ndarray:
@@ -205,16 +206,17 @@ class FERPipeline:
     def _detect(self, frames: list[np.ndarray], track: bool) -> list[Detections]:
         """Full detection; or, tracking one video frame, the detector's cheaper re-location of the faces it knows.
 
-        A re-location that loses a face (moved too far, occluded) falls back to full detection on the same frame.
+        A re-location that loses a face (moved too far, occluded) falls back to full detection on the same frame; so
+        does a frame whose size differs from the last one (a video whose resolution changes).
         """
         dets = None
         if (track and len(frames) == 1 and self._previous is not None and len(self._previous)
-                and self._since_detection + 1 < self.detect_every):
+                and self._since_detection + 1 < self.detect_every and frames[0].shape == self._shape):
             dets = self.detector.refine(frames, [self._previous])
             dets = dets if len(dets[0]) >= len(self._previous) else None
         self._since_detection = 0 if dets is None else self._since_detection + 1
         dets = self.detector(frames) if dets is None else dets
-        self._previous = dets[-1] if track else None
+        self._previous, self._shape = (dets[-1], frames[-1].shape) if track else (None, None)
         return dets
 
     def crop(self, frame: np.ndarray, det: Detections, fractions: tuple[float, ...] = (1.0,),

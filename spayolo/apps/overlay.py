@@ -1,6 +1,7 @@
 """Drawing recognised faces on a frame: box, label, per-class probability bars, landmarks, and the FPS counter.
 
-Every label and bar block is placed inside the frame and clear of the FPS counter, whatever the face's position.
+Every label and bar block is placed inside the frame and clear of the FPS counter, whatever the face's position. A
+model with more classes than MAX_BARS (or than the frame has room for) gets bars for its most probable classes only.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ("COLOURS", "draw")
+__all__ = ("COLOURS", "MAX_BARS", "draw")
 
 COLOURS = [(0, 0, 255), (0, 128, 0), (128, 0, 128), (0, 215, 255), (255, 128, 0), (255, 0, 255), (128, 128, 128)]
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BAR_ROW, BAR_BLOCK_W = 12, 110  # pixels per class row; width of a name + bar block
+MAX_BARS = 8  # every expression set spayolo knows has at most 8 classes; more bars would not be read
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int] | None) -> bool:
@@ -34,6 +36,14 @@ def _fps(fps: float) -> tuple[str, tuple[int, int], tuple[int, int, int, int]]:
     return text, (8, 8 + h), (0, 0, 8 + w + 4, 8 + h + base + 2)
 
 
+def _rows(probs: np.ndarray, frame_h: int) -> list[int]:
+    """The classes to draw bars for: all, in class order, when they fit; else the most probable, most probable first."""
+    room = max(1, min(MAX_BARS, frame_h // BAR_ROW))
+    if len(probs) <= room:
+        return list(range(len(probs)))
+    return [int(j) for j in np.argsort(-probs, kind="stable")[:room]]
+
+
 def draw(frame: np.ndarray, faces, fps: float | None = None) -> np.ndarray:
     """A copy of ``frame`` with each face's box, label, probability bars and landmarks, and the FPS if given."""
     out = frame.copy()
@@ -48,13 +58,13 @@ def draw(frame: np.ndarray, faces, fps: float | None = None) -> np.ndarray:
         above = y1 - 6 - th >= 0 and not _overlaps((x1, y1 - 6 - th, x1 + tw, y1), avoid)
         tx, ty = _place(x1, y1 - 6 - th if above else y1 + 4, tw, th + base, fw, fh, avoid)
         cv2.putText(out, tag, (tx, ty + th), FONT, 0.5, colour, 1, cv2.LINE_AA)
-        block_h = BAR_ROW * len(f.names)
+        rows = _rows(f.probs, fh)
         bx = x2 + 4 if x2 + 4 + BAR_BLOCK_W <= fw else x1 - 4 - BAR_BLOCK_W
-        bx, by = _place(bx, y1, BAR_BLOCK_W, block_h, fw, fh, avoid)
-        for j, (name, p) in enumerate(zip(f.names, f.probs)):
-            y = by + BAR_ROW * j
-            cv2.rectangle(out, (bx + 50, y), (bx + 50 + int(55 * p), y + 9), COLOURS[j % len(COLOURS)], -1)
-            cv2.putText(out, name[:8], (bx, y + 9), FONT, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
+        bx, by = _place(bx, y1, BAR_BLOCK_W, BAR_ROW * len(rows), fw, fh, avoid)
+        for row, j in enumerate(rows):
+            y = by + BAR_ROW * row
+            cv2.rectangle(out, (bx + 50, y), (bx + 50 + int(55 * f.probs[j]), y + 9), COLOURS[j % len(COLOURS)], -1)
+            cv2.putText(out, str(f.names[j])[:8], (bx, y + 9), FONT, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
         if f.landmarks is not None:
             for px, py in f.landmarks:
                 cv2.circle(out, (int(px), int(py)), 2, (0, 255, 0), -1)
