@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ("IoUTracker", "box_iou")
+__all__ = ("IoUTracker", "box_iou", "min_cost_matching")
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -15,6 +15,39 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(rb - lt, 0, None).prod(2)
     area = lambda x: (x[:, 2:] - x[:, :2]).prod(1)  # noqa: E731
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def min_cost_matching(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pairing of least total cost, min(N, M) pairs of an (N, M) cost matrix (Kuhn-Munkres,
+    by shortest augmenting paths with row and column potentials)."""
+    cost = np.asarray(cost, np.float64)
+    flip = cost.shape[0] > cost.shape[1]
+    c = cost.T if flip else cost
+    n, m = c.shape
+    u, v = np.zeros(n + 1), np.zeros(m + 1)
+    owner, way = np.zeros(m + 1, np.int64), np.zeros(m + 1, np.int64)  # column -> its row (1-based, 0: free)
+    for i in range(1, n + 1):
+        owner[0], j0 = i, 0
+        least, used = np.full(m + 1, np.inf), np.zeros(m + 1, bool)
+        while owner[j0]:
+            used[j0] = True
+            i0, free = owner[j0], ~used
+            reduced = c[i0 - 1] - u[i0] - v[1:]
+            better = free[1:] & (reduced < least[1:])
+            least[1:][better], way[1:][better] = reduced[better], j0
+            j1 = int(np.argmin(np.where(free, least, np.inf)))
+            delta = least[j1]
+            u[owner[used]] += delta
+            v[used] -= delta
+            least[free] -= delta
+            j0 = j1
+        while j0:  # flip the augmenting path
+            j1 = way[j0]
+            owner[j0], j0 = owner[j1], j1
+    cols = np.flatnonzero(owner[1:]) + 1
+    rows, cols = owner[cols] - 1, cols - 1
+    order = np.argsort(cols if flip else rows)
+    return (cols[order], rows[order]) if flip else (rows[order], cols[order])
 
 
 @dataclass
