@@ -22,7 +22,7 @@ from spayolo.face.align import aligned_crops
 from spayolo.face.detectors import Detections, FaceDetector, build_detector
 from spayolo.runtime import cuda_index
 from spayolo.sources import FrameSource, open_source, read_image
-from spayolo.track import IoUTracker
+from spayolo.track import FaceTracker
 from spayolo.tta import DEFAULT_TTA, tta_mode, view_fractions
 
 __all__ = ("DEFAULT_MODEL", "FERPipeline", "Face")
@@ -114,14 +114,14 @@ class FERPipeline:
         self.sizes = self.classifier.sizes
         self.names = self.classifier.names
         self.margin, self.track, self.gray, self.tta = margin, track, gray, tta_mode(tta)
-        self.tracker = IoUTracker()
+        self.tracker = FaceTracker()
         self.times = defaultdict(float)  # seconds spent per stage, for profiling
         self._previous: Detections | None = None  # last frame's faces, while tracking
         self._since_detection = 0
 
     def reset(self) -> None:
         """Forget tracks and timings (call between unrelated videos)."""
-        self.tracker = IoUTracker()
+        self.tracker = FaceTracker()
         self.times.clear()
         self._previous, self._since_detection = None, 0
 
@@ -192,12 +192,12 @@ class FERPipeline:
         self.times["frames"] += len(frames)
         names = self.names or [str(i) for i in range(probs.shape[1])]
         out, k = [], 0
-        for d in dets:
+        for frame, d in zip(frames, dets):
             p = probs[k : k + len(d)]
             k += len(d)
             ids = [None] * len(d)
             if track:
-                ids, p = self.tracker.update(d.boxes, p)
+                ids, p = self.tracker.update(d.boxes, p, frame)
             lmk = d.landmarks if d.landmarks is not None else [None] * len(d)
             out.append([Face(b, float(s), l, names[int(q.argmax())], q, names, t)
                         for b, s, l, q, t in zip(d.boxes, d.scores, lmk, p, ids)])

@@ -21,7 +21,7 @@ from spayolo.face.detectors import Detections, MTCNNDetector
 from spayolo.face.mtcnn import nms
 from spayolo.pipeline import FERPipeline
 from spayolo.sources import open_source, read_image
-from spayolo.track import IoUTracker, box_iou
+from spayolo.track import FaceTracker, box_iou
 
 SHIPPED_NAMES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # FER2013's folders, sorted
 
@@ -210,7 +210,7 @@ def test_shipped_onnx_classifier():
 
 
 def test_tracker_smooths_and_forgets():
-    t = IoUTracker(alpha=0.5, max_missed=2)
+    t = FaceTracker(alpha=0.5, max_missed=2)
     box = np.array([[0, 0, 10, 10]], np.float32)
     ids, p = t.update(box, np.array([[1.0, 0.0]]))
     ids, p = t.update(box + 1, np.array([[0.0, 1.0]]))
