@@ -19,9 +19,9 @@ import numpy as np
 from spayolo.classifier import DEFAULT_MODELS, load_classifier
 from spayolo.errors import MissingFileError, UsageError
 from spayolo.face.align import aligned_crops
-from spayolo.face.detectors import Detections, FaceDetector, build_detector
+from spayolo.face.detectors import Detections, FaceDetector, RegionDetector, build_detector, given_boxes
 from spayolo.runtime import cuda_index
-from spayolo.sources import FrameSource, open_source, read_image
+from spayolo.sources import URI_SCHEMES, FrameSource, image_from_uri, open_source, read_image
 from spayolo.track import FaceTracker
 from spayolo.tta import DEFAULT_TTA, tta_mode, view_fractions
 
@@ -89,11 +89,13 @@ class FERPipeline:
         trusted: load a .pt classifier (or YOLO face detector) without the restricted allow-list; this runs any code
             the file contains, so only for files you made or trust (see spayolo.checkpoints).
         threads: ONNX Runtime's intra-op threads per model (None: one per core).
+        roi: region of interest (x1, y1, x2, y2): faces are looked for inside it only; in pixels, or in fractions of
+            the frame when all four are <= 1. None: the whole frame.
     """
 
     def __init__(self, model=None, detector="mtcnn", device="cpu", imgsz=None, margin=0.2, track=None, gray=True,
                  half=False, min_face=40.0, detect_every=5, backend="onnx", tta=DEFAULT_TTA, trusted=False,
-                 threads=None):
+                 threads=None, roi=None):
         if int(detect_every) < 1:
             raise UsageError(f"detect_every must be >= 1, got {detect_every}")
         if backend not in ("torch", "onnx"):
@@ -110,6 +112,8 @@ class FERPipeline:
         # first: a bad model fails before MTCNN loads
         self.classifier = load_classifier(model, backend, device, half, trusted, imgsz and int(imgsz), threads)
         self.detector: FaceDetector = build_detector(detector, device, min_face, backend, trusted, threads)
+        if roi is not None:
+            self.detector = RegionDetector(self.detector, roi)
         self.detect_every = int(detect_every)
         self.sizes = self.classifier.sizes
         self.names = self.classifier.names
@@ -125,30 +129,47 @@ class FERPipeline:
         self.times.clear()
         self._previous, self._since_detection = None, 0
 
-    def __call__(self, source):
-        """Frame (BGR array) or image path -> list[Face]; a list of them -> list of list[Face]."""
+    def __call__(self, source, boxes=None):
+        """Frame (BGR array), image path, image URL (http/https) or ``data:`` URI -> list[Face]; a list of them -> list
+        of list[Face]. ``boxes``: the faces' boxes (N, 4) x1 y1 x2 y2 in pixels, found by the caller's own detector,
+        classified instead of detecting (a list of them for a list of frames)."""
         if isinstance(source, (list, tuple)):
-            return self.process(list(source), track=bool(self.track))
-        return self.process([source], track=bool(self.track))[0]
+            return self.process(list(source), track=bool(self.track), boxes=boxes)
+        return self.process([source], track=bool(self.track), boxes=None if boxes is None else [boxes])[0]
 
-    def stream(self, source):
+    def top_expression(self, image) -> tuple[str, float] | tuple[None, None]:
+        """The expression of the largest face of an image (anything __call__ takes) and its probability; (None, None)
+        when there is no face."""
+        faces = self(image)
+        if not faces:
+            return None, None
+        face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+        return face.label, face.confidence
+
+    def stream(self, source, boxes=None):
         """Yield (index, frame, faces) for a video file, camera index, URL, image or folder of images; ``index`` is the
         frame's place in the source (every n-th with open_source's ``stride``, an image's place in its folder).
 
         ``source`` may also be a spayolo.sources.FrameSource. Video frames are tracked unless track=False; the
         images of a folder are not (they are unrelated). Raises SourceError when the source cannot be opened or
         nothing in it decodes, and StreamError when a video or stream stops part-way (after the frames it gave).
+
+        ``boxes``: the caller's own face boxes, a mapping from a frame's index (video) or file name (images) to its
+        boxes (N, 4); a frame it does not name has no faces.
         """
         source = source if isinstance(source, FrameSource) else open_source(source)
         track = self.track is not False and source.sequential
         for frame in source:
-            yield source.index, frame, self.process([frame], track=track)[0]
+            given = None if boxes is None else [boxes.get(source.current or source.index, ())]
+            yield source.index, frame, self.process([frame], track=track, boxes=given)[0]
 
     @staticmethod
     def _read(source) -> np.ndarray:
         """An image path or array -> HxWx3 uint8 BGR; grayscale and BGRA arrays are converted, anything else refused."""
         import cv2
 
+        if isinstance(source, str) and source.startswith(URI_SCHEMES):
+            return image_from_uri(source)
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
@@ -170,15 +191,16 @@ class FERPipeline:
             raise UsageError(f"frames must be HxWx3 BGR arrays, got shape {source.shape}")
         return source
 
-    def process(self, frames: list[np.ndarray], track: bool = False) -> list[list[Face]]:
-        """Run detection, cropping and classification on a batch of BGR frames (consecutive video frames if track)."""
+    def process(self, frames: list[np.ndarray], track: bool = False, boxes=None) -> list[list[Face]]:
+        """Run detection, cropping and classification on a batch of BGR frames (consecutive video frames if track);
+        ``boxes``, one (N, 4) array-like per frame, are the caller's face boxes, classified instead of detecting."""
         frames = [self._read(f) for f in frames]
         empty = [i for i, f in enumerate(frames) if not f.size]
         if empty:
             raise UsageError(f"empty frame (no pixels) at index {empty[0]} of the batch: a camera or stream glitch, "
                              f"or a failed decode; skip it before calling the pipeline")
         t0 = time.perf_counter()
-        dets = self._detect(frames, track)
+        dets = self._detect(frames, track) if boxes is None else given_boxes(boxes, frames)
         t1 = time.perf_counter()
         views = {size: self.crop_views(frames, dets, size) for size in self.sizes}
         t2 = time.perf_counter()

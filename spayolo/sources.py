@@ -23,11 +23,13 @@ import numpy as np
 
 from spayolo.errors import UsageError
 
-__all__ = ("IMAGE_SUFFIXES", "FrameSource", "SourceError", "StreamError", "image_files", "open_source", "printable",
-           "read_image")
+__all__ = ("IMAGE_SUFFIXES", "URI_SCHEMES", "FrameSource", "SourceError", "StreamError", "image_files",
+           "image_from_uri", "open_source", "printable", "read_image")
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 TIMEOUT = 30.0  # seconds a stream may take to open or to send a frame: OpenCV's own default
+URI_SCHEMES = ("http://", "https://", "data:")  # an image given by address (FERPipeline's __call__)
+MAX_IMAGE_BYTES = 50 << 20  # an image fetched by URL larger than this is refused: a photo is rarely over 20 MB
 
 
 class SourceError(UsageError):
@@ -84,6 +86,50 @@ def read_image(path: str | Path) -> np.ndarray | None:
     if image is not None and _truncated_jpeg(path):
         print(f"warning: {printable(path)} is a truncated JPEG: the part below the cut is grey", file=sys.stderr)
     return image
+
+
+def _decoded(data: bytes, name: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise UsageError(f"{name}: not an image OpenCV can decode ({len(data)} bytes)")
+    return image
+
+
+def image_from_uri(uri: str, timeout: float = 10.0, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+    """An image given as an http(s) URL (fetched, within ``timeout`` seconds and ``max_bytes``) or a ``data:`` URI
+    (base64 or percent-encoded), decoded to BGR; UsageError naming it for anything that is not one."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    short = uri if len(uri) <= 80 else uri[:77] + "..."
+    if uri.startswith("data:"):
+        header, comma, payload = uri[5:].partition(",")
+        if not comma:
+            raise UsageError(f"{short}: a data URI is data:[<type>][;base64],<data>")
+        if header.endswith(";base64"):
+            import base64
+            import binascii
+
+            try:
+                data = base64.b64decode(payload, validate=False)
+            except (binascii.Error, ValueError) as error:
+                raise UsageError(f"{short}: its base64 does not decode ({error})") from None
+        else:
+            data = urllib.parse.unquote_to_bytes(payload)
+        return _decoded(data, short)
+    request = urllib.request.Request(uri, headers={"User-Agent": "spayolo"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as error:
+        raise UsageError(f"{short}: the server answered {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise UsageError(f"{short}: cannot be fetched ({reason})") from None
+    if len(data) > max_bytes:
+        raise UsageError(f"{short}: larger than {max_bytes >> 20} MB, not fetched whole")
+    return _decoded(data, short)
 
 
 class FrameSource:

@@ -473,3 +473,185 @@ def test_a_log_of_the_command_holds_no_escape_codes(tmp_path):
     os.close(terminal)
     assert proc.returncode == 0 and "\x1b" not in log.read_text() and "\r" not in log.read_text()
     assert b"clip.mp4: 100%" in shown and b"\x1b[K" in shown
+
+
+# --- what users of the fer package look for ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fer():
+    from spayolo import FERPipeline
+
+    return FERPipeline()
+
+
+def test_faces_at_the_callers_own_boxes(fer):
+    from spayolo.errors import UsageError
+
+    img = small_hopper()
+    boxes = [[40.0, 30.0, 200.0, 200.0], [0.0, 0.0, 60.0, 60.0]]
+    faces = fer(img, boxes=boxes)
+    assert [f.box.tolist() for f in faces] == boxes and all(f.landmarks is None and f.score == 1 for f in faces)
+    assert not np.allclose(faces[0].probs, faces[1].probs, atol=1e-3)  # each box is classified from its own pixels
+    assert [len(f) for f in fer([img, img], boxes=[boxes[:1], []])] == [1, 0]
+    for bad in ([[10, 10, 5, 20]], [[1, 2, 3]], [[0, 0, float("nan"), 5]]):
+        with pytest.raises(UsageError, match="boxes of frame 0"):
+            fer(img, boxes=bad)
+
+
+def test_top_expression_of_an_image(fer):
+    img = small_hopper()
+    faces = fer(img)
+    assert fer.top_expression(img) == (faces[0].label, faces[0].confidence)
+    two = np.zeros((300, 128 + 256, 3), np.uint8)  # a smaller face on the left, the larger one on the right
+    two[:150, :128], two[:, 128:] = small_hopper(128, 150), img
+    faces = fer(two)
+    largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+    assert len(faces) == 2 and fer.top_expression(two) == (largest.label, largest.confidence) and largest.box[0] > 128
+    assert fer.top_expression(np.zeros((120, 160, 3), np.uint8)) == (None, None)
+
+
+@contextlib.contextmanager
+def image_server(folder: Path):
+    """An HTTP server on this machine serving ``folder``: its base URL."""
+    import functools
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def test_an_image_given_by_url_or_data_uri(tmp_path, fer):
+    import base64
+
+    from spayolo.errors import UsageError
+    from spayolo.sources import image_from_uri
+
+    img = small_hopper()
+    cv2.imwrite(str(tmp_path / "face.png"), img)  # lossless: the fetched image is the very same
+    data = (tmp_path / "face.png").read_bytes()
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    expected = fer(img)[0].probs
+    np.testing.assert_allclose(fer(uri)[0].probs, expected, atol=1e-6)
+    with image_server(tmp_path) as base:
+        np.testing.assert_allclose(fer(f"{base}/face.png")[0].probs, expected, atol=1e-6)
+        with pytest.raises(UsageError, match="missing.png: the server answered 404"):
+            fer(f"{base}/missing.png")
+        with pytest.raises(UsageError, match="larger than 0 MB"):
+            image_from_uri(f"{base}/face.png", max_bytes=1000)
+    with pytest.raises(UsageError, match="not an image OpenCV can decode"):
+        fer("data:image/png;base64,AAAA")
+    with pytest.raises(UsageError, match="a data URI is"):
+        fer("data:image/png;base64")
+
+
+def test_live_classifies_the_boxes_of_a_file(tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", n=4)
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text('{"frame": 1, "boxes": [[50, 20, 120, 100]]}\n{"frame": 2, "boxes": []}\n'
+                     '{"frame": 9, "boxes": [[0, 0, 10, 10]]}\n')
+    js = tmp_path / "out.jsonl"
+    assert live("--source", video, "--boxes", boxes, "--save", "", "--json", js) == 0
+    assert [[f["box"] for f in r["faces"]] for r in read_jsonl(js)] == [[], [[50, 20, 120, 100]], [], []]
+    assert "warning: --boxes: 1 of its records name no frame of the source (first: 9)" in capsys.readouterr().err
+    folder = tmp_path / "photos"  # a folder, by file name; spayolo's own records are read as boxes too
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(folder / name), small_hopper())
+    first = tmp_path / "first.jsonl"
+    assert live("--source", folder, "--save", "", "--json", first) == 0
+    again = tmp_path / "again.jsonl"
+    assert live("--source", folder, "--boxes", first, "--save", "", "--json", again) == 0
+    before, after = read_jsonl(first), read_jsonl(again)
+    assert [r["file"] for r in after] == ["a.jpg", "b.jpg"]
+    assert [f["box"] for r in after for f in r["faces"]] == [f["box"] for r in before for f in r["faces"]]
+    capsys.readouterr()
+    boxes.write_text('{"frame": 0, "boxes": [[1, 2]]}\n')
+    assert live("--source", video, "--boxes", boxes, "--save", "", "--json", "") == 2
+    assert f"--boxes {boxes}:1: boxes are lists of four numbers" in capsys.readouterr().err
+
+
+def test_live_looks_for_faces_in_the_region_of_interest_only(tmp_path, capsys):
+    photo = tmp_path / "hopper.jpg"
+    cv2.imwrite(str(photo), small_hopper())  # the face is at about (88, 59)-(176, 168)
+    for roi, count in (("60,30,220,220", 1), ("0.7,0,1,1", 0), ("0,180,256,300", 0)):
+        js, out = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+        assert live("--source", photo, "--roi", roi, "--save", out, "--json", js) == 0
+        faces = read_jsonl(js)[0]["faces"]
+        assert len(faces) == count, roi
+        if count:
+            x1, y1, x2, y2 = faces[0]["box"]
+            assert 60 <= x1 < x2 <= 220 and 30 <= y1 < y2 <= 220 and x1 > 70  # in frame coordinates
+    frame = cv2.VideoCapture(str(out)).read()[1]
+    assert frame[180, 100:150].std() < 40 and abs(int(frame[180, 128].mean()) - 160) < 40  # the region's edge, drawn
+
+
+def test_vid_stride_processes_every_nth_frame(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", n=10)  # 10 frames a second
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    assert live("--source", video, "--vid-stride", "3", "--save", out, "--json", js) == 0
+    assert [r["frame"] for r in read_jsonl(js)] == [0, 3, 6, 9]
+    cap = cv2.VideoCapture(str(out))
+    assert count_frames(out) == 4 and abs(cap.get(cv2.CAP_PROP_FPS) - 10 / 3) < 0.01  # same pace as the source
+
+
+def _video_with_sound(path: Path, seconds: float = 2.0, fps: int = 10, rate: int = 16000) -> Path:
+    import av
+
+    with av.open(str(path), "w") as out:
+        picture = out.add_stream("mpeg4", rate=fps)
+        picture.width, picture.height, picture.pix_fmt = 160, 120, "yuv420p"
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
+        img = small_hopper(160, 120)
+        for k in range(int(seconds * fps)):
+            out.mux(picture.encode(av.VideoFrame.from_ndarray(np.roll(img, 3 * k, 1), format="bgr24")))
+        out.mux(picture.encode())
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+        for i in range(0, len(tone), 1024):
+            frame = av.AudioFrame.from_ndarray(tone[None, i : i + 1024], format="flt", layout="mono")
+            frame.sample_rate = rate
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_the_annotated_video_keeps_the_sound(tmp_path, capsys, suffix):
+    av = pytest.importorskip("av")
+    source = _video_with_sound(tmp_path / "talk.mp4")
+    out = tmp_path / f"out{suffix}"
+    assert live("--source", source, "--save", out, "--json", "") == 0
+    with av.open(str(out)) as container:
+        (sound,) = container.streams.audio
+        seconds = sum(float(p.duration * p.time_base) for p in container.demux(sound) if p.duration)
+    assert 1.9 < seconds < 2.2 and count_frames(out) == 20 and "note:" not in capsys.readouterr().err
+    assert live("--source", source, "--save", out, "--json", "", "--vid-stride", "2") == 0  # 10 frames at 5 a second
+    with av.open(str(out)) as container:
+        assert container.streams.audio and count_frames(out) == 10
+
+
+def test_without_pyav_the_video_is_silent_and_says_so_once(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("av")  # to make the source
+    from spayolo.apps import audio
+
+    source = _video_with_sound(tmp_path / "talk.mp4")
+    monkeypatch.setattr(audio, "has_pyav", lambda: False)  # the headers are read instead
+    monkeypatch.setitem(sys.modules, "av", None)
+    out = tmp_path / "out.mp4"
+    assert live("--source", source, "--save", out, "--json", "") == 0
+    err = capsys.readouterr().err
+    assert err.count(f"note: {source} has sound; --save is written without it: install PyAV") == 1
+    assert count_frames(out) == 20
+    assert audio.sounds(write_video(tmp_path / "silent.mp4")) is False

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from spayolo.apps.args import add_pipeline_args, pipeline_kwargs, positive_float, positive_int
+from spayolo.apps.boxes import GivenBoxes, read_boxes
 from spayolo.apps.demo import demo_video
 from spayolo.apps.overlay import draw
 from spayolo.apps.progress import Progress
@@ -221,13 +222,13 @@ class VideoSink(_Output):
     read back: a full disk stops the run instead of leaving a video that does not play.
     """
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int] | None = None):
+    def __init__(self, path: Path, fps: float, size: tuple[int, int] | None = None, sound: Path | None = None):
         if path.suffix.lower() not in CODECS:
             raise UsageError(f"--save {printable(path)}: unknown video format {path.suffix!r}; use one of "
                              f"{', '.join(CODECS)}")
         super().__init__(path, "--save")
         os.close(self.fd)
-        self.fps, self.size, self.writer = fps, None, None
+        self.fps, self.size, self.writer, self.sound = fps, None, None, sound
         self._open((64, 64))  # probe: fails now on an unwritable path or a format this OpenCV cannot write
         self.writer.release()
         self.writer, self.size = None, size and self._fit(size)
@@ -274,9 +275,9 @@ class VideoSink(_Output):
         canvas[y : y + fh, x : x + fw] = cv2.resize(frame, (fw, fh), interpolation=cv2.INTER_AREA)
         return canvas
 
-    def _whole(self) -> bool:
+    def _whole(self, path: Path | None = None) -> bool:
         """The finished file opens and holds every frame written (a full disk leaves one without its index)."""
-        name, folder = _opencv_name(self.tmp)
+        name, folder = _opencv_name(path or self.tmp)
         try:
             cap = cv2.VideoCapture(name)
             frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
@@ -298,8 +299,29 @@ class VideoSink(_Output):
             return False
         if _disk_full(self.tmp.parent) or not self._whole():
             raise self.failed("the video could not be finished (disk full?)")
+        if self.sound is not None:
+            self._keep_sound()
         self._replace()
         return True
+
+    def _keep_sound(self) -> None:
+        """Copy the source's sound into the finished video (PyAV); on failure the video stays as it is, silent."""
+        import av
+
+        from spayolo.apps.audio import keep_audio
+
+        fd, name = tempfile.mkstemp(prefix=".spayolo.", suffix=f".partial{self.path.suffix}", dir=self.tmp.parent)
+        os.close(fd)
+        muxed = Path(name)
+        try:
+            keep_audio(self.tmp, self.sound, muxed, self.count / self.fps)
+            if not self._whole(muxed):
+                raise OSError("the video with sound does not read back whole")
+            os.replace(muxed, self.tmp)
+        except (av.error.FFmpegError, OSError, ValueError) as error:
+            muxed.unlink(missing_ok=True)
+            print(f"warning: --save {printable(self.path)}: the sound of {printable(self.sound)} could not be kept "
+                  f"({error}); the video is written without it", file=sys.stderr)
 
 
 class JsonSink(_Output):
@@ -376,12 +398,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="video, camera or stream: process every n-th frame only (default: %(default)s)")
     parser.add_argument("--timeout", type=positive_float, default=TIMEOUT,
                         help="seconds a stream may take to open or to send its next frame (default: %(default)g)")
+    parser.add_argument("--roi", type=_region, default=None, metavar="X1,Y1,X2,Y2",
+                        help="look for faces inside this region only: pixels, or fractions of the frame when all four "
+                             "are <= 1")
+    parser.add_argument("--boxes", default=None, metavar="FILE",
+                        help="classify the faces at these boxes (JSON lines from your own detector, or a --json of "
+                             "spayolo live) instead of detecting them")
     return parser.parse_args(argv)
+
+
+def _region(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1] or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not x1,y1,x2,y2 with 0 <= x1 < x2 and 0 <= y1 < y2")
+    return values
 
 
 def _inputs(args: argparse.Namespace, source: FrameSource) -> list[Path]:
     models = args.model if isinstance(args.model, list) else [args.model]
-    files = [Path(p) for p in (*models, args.detector) if p and Path(str(p)).is_file()]
+    files = [Path(p) for p in (*models, args.detector, args.boxes) if p and Path(str(p)).is_file()]
     return [*source.inputs, *files]
 
 
@@ -396,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     from spayolo.pipeline import FERPipeline
 
     args = parse_args(argv)
+    if args.boxes and args.roi:
+        raise UsageError("--roi chooses where the face detector looks; with --boxes nothing is detected: give one")
+    boxes = read_boxes(args.boxes) if args.boxes else None
     outputs = {"--save": _output(args.save, "--save"), "--json": _output(args.json, "--json")}
     if args.source is None:
         source = default_source(args.timeout, args.vid_stride)
@@ -407,9 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.show and not show:
         print("no display found: running without a preview window (--no-show)", file=sys.stderr)
     fps = args.fps or (source.fps / source.stride if source.fps else FPS)
-    video = VideoSink(outputs["--save"], fps, source.size) if outputs["--save"] else None
+    video = VideoSink(outputs["--save"], fps, source.size, _sound(source, fps)) if outputs["--save"] else None
     try:
-        fer = FERPipeline(**pipeline_kwargs(args))
+        fer = FERPipeline(**pipeline_kwargs(args), roi=args.roi)
         records = JsonSink(outputs["--json"]) if outputs["--json"] else None
     except BaseException:
         if video:
@@ -418,7 +459,24 @@ def main(argv: list[str] | None = None) -> int:
     warning = expression_warning(fer.names, fer.classifier.source)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    return _run(fer, source, video, records, show)
+    return _run(fer, source, video, records, show, boxes)
+
+
+def _sound(source: FrameSource, fps: float) -> Path | None:
+    """The video file whose sound the annotated video keeps: the source's, when it has sound, PyAV is installed and
+    the video plays at the source's pace; else None, with one note saying why where the source has sound."""
+    from spayolo.apps.audio import has_pyav, sounds
+
+    if source.path is None or not sounds(source.path):
+        return None
+    if not has_pyav():
+        note = "install PyAV to keep it (pip install \"spayolo[av]\")"
+    elif source.fps and abs(fps * source.stride - source.fps) > 1e-3 * source.fps:
+        note = f"--fps {fps:g} is not its pace of {source.fps / source.stride:g} frames a second"
+    else:
+        return source.path
+    print(f"note: {source.name} has sound; --save is written without it: {note}", file=sys.stderr)
+    return None
 
 
 def _close(sinks: list) -> tuple[list[Path], list[OutputError]]:
@@ -433,7 +491,8 @@ def _close(sinks: list) -> tuple[list[Path], list[OutputError]]:
     return done, failed
 
 
-def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | None, show: bool) -> int:
+def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | None, show: bool,
+         boxes: GivenBoxes | None = None) -> int:
     """The frame loop; outputs are closed (complete and moved into place, or removed) however it ends. Returns the
     exit status; what the run wrote is known once it returns, so later steps can read it."""
     code, t0, fps = 0, time.perf_counter(), 0.0
@@ -441,7 +500,8 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
     if source.total and not source.live:
         bar = Progress(source.total, Path(source.name).name)
     tic = time.perf_counter()
-    frames = fer.stream(source)
+    frames = fer.stream(source, boxes)
+    region = getattr(fer.detector, "region", None)  # a --roi, drawn on every frame
     sinks = [sink for sink in (records, video) if sink]
     try:
         with StopSignals() as signals:
@@ -452,7 +512,7 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
                     record = {"frame": i, "time": round(now - t0, 3)}
                     record.update({"file": source.current} if source.current else {})
                     record["faces"] = [f.to_dict() for f in faces]
-                vis = draw(frame, faces, fps)
+                vis = draw(frame, faces, fps, region and region(frame.shape))
                 with signals.deferred():  # both outputs get this frame, or neither
                     if records:
                         records.write(record)
@@ -489,6 +549,10 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
                 signal.signal(number, handler)
     for error in failed:  # outputs that failed as they were finished (one that failed mid-run was named above)
         print(f"error: {error}", file=sys.stderr)
+    unused = boxes.unused() if boxes is not None and not code else []
+    if unused:
+        print(f"warning: --boxes: {len(unused)} of its records name no frame of the source (first: {unused[0]!r})",
+              file=sys.stderr)
     n = fer.times["frames"] or 1
     print("per frame: " + ", ".join(f"{k} {fer.times[k] / n * 1000:.1f} ms" for k in ("detect", "crop", "classify")))
     for path in done:

@@ -14,6 +14,7 @@ __all__ = ("COLOURS", "MAX_BARS", "draw")
 COLOURS = [(0, 0, 255), (0, 128, 0), (128, 0, 128), (0, 215, 255), (255, 128, 0), (255, 0, 255), (128, 128, 128)]
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BAR_ROW, BAR_BLOCK_W = 12, 110  # pixels per class row; width of a name + bar block
+REGION_COLOUR = (160, 160, 160)
 MAX_BARS = 8  # every expression set spayolo knows has at most 8 classes; more bars would not be read
 
 
@@ -44,10 +45,14 @@ def _rows(probs: np.ndarray, frame_h: int) -> list[int]:
     return [int(j) for j in np.argsort(-probs, kind="stable")[:room]]
 
 
-def draw(frame: np.ndarray, faces, fps: float | None = None) -> np.ndarray:
-    """A copy of ``frame`` with each face's box, label, probability bars and landmarks, and the FPS if given."""
+def draw(frame: np.ndarray, faces, fps: float | None = None, region: tuple[int, int, int, int] | None = None
+         ) -> np.ndarray:
+    """A copy of ``frame`` with each face's box, label, probability bars and landmarks, the FPS if given, and the
+    region of interest (x1, y1, x2, y2 pixels) where faces were looked for, if given."""
     out = frame.copy()
     fh, fw = out.shape[:2]
+    if region is not None:  # first, under everything else
+        cv2.rectangle(out, region[:2], (region[2] - 1, region[3] - 1), REGION_COLOUR, 1)
     text, origin, avoid = _fps(fps) if fps is not None else (None, None, None)
     for f in faces:
         x1, y1, x2, y2 = (int(round(v)) for v in f.box)

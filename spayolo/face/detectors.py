@@ -13,7 +13,8 @@ import numpy as np
 
 from spayolo.errors import MissingDependencyError, MissingFileError, UsageError
 
-__all__ = ("Detections", "FaceDetector", "MTCNNDetector", "YOLOFaceDetector", "YuNetDetector", "build_detector")
+__all__ = ("Detections", "FaceDetector", "MTCNNDetector", "RegionDetector", "YOLOFaceDetector", "YuNetDetector",
+           "build_detector", "given_boxes")
 
 
 @dataclass
@@ -51,6 +52,67 @@ def _at_least(det: Detections, min_face: float) -> Detections:
     """The faces whose box is at least `min_face` pixels on its longer side."""
     keep = (det.boxes[:, 2:] - det.boxes[:, :2]).max(1) >= min_face if len(det) else np.zeros(0, bool)
     return Detections(det.boxes[keep], det.scores[keep], None if det.landmarks is None else det.landmarks[keep])
+
+
+def given_boxes(boxes, images: list[np.ndarray]) -> list[Detections]:
+    """The caller's own face boxes, one (N, 4) array-like of x1 y1 x2 y2 pixels per image, as Detections (score 1, no
+    landmarks: the crops are then not turned to level the eyes); UsageError naming a box that is not one."""
+    if len(boxes) != len(images):
+        raise UsageError(f"boxes: one list of boxes per frame, got {len(boxes)} for {len(images)} frame(s)")
+    out = []
+    for i, b in enumerate(boxes):
+        try:
+            b = np.asarray(b if b is not None else (), np.float32).reshape(-1, 4)
+        except ValueError:
+            raise UsageError(f"boxes of frame {i}: expected rows of x1, y1, x2, y2, got {b!r}") from None
+        bad = ~np.isfinite(b).all(1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+        if bad.any():
+            raise UsageError(f"boxes of frame {i}: {b[bad][0].tolist()} is not a box (x1 < x2 and y1 < y2, pixels)")
+        out.append(Detections(b, np.ones(len(b), np.float32), None))
+    return out
+
+
+class RegionDetector(FaceDetector):
+    """A detector that looks for faces inside a region of interest only; boxes come back in frame coordinates.
+
+    ``roi`` is (x1, y1, x2, y2) in pixels, or in fractions of the frame when all four are <= 1.
+    """
+
+    def __init__(self, detector: FaceDetector, roi):
+        try:
+            roi = tuple(float(v) for v in roi)
+        except (TypeError, ValueError):
+            raise UsageError(f"roi (--roi) must be four numbers x1,y1,x2,y2, got {roi!r}") from None
+        if len(roi) != 4 or roi[2] <= roi[0] or roi[3] <= roi[1] or min(roi) < 0:
+            raise UsageError(f"roi (--roi) must be x1,y1,x2,y2 with 0 <= x1 < x2 and 0 <= y1 < y2, got {roi}")
+        self.detector, self.roi, self.fractions = detector, roi, max(roi) <= 1
+
+    def region(self, shape: tuple) -> tuple[int, int, int, int]:
+        """The region in pixels of a frame of ``shape``, clipped to it; UsageError when it lies outside."""
+        h, w = shape[:2]
+        scale = (w, h, w, h) if self.fractions else (1, 1, 1, 1)
+        x1, y1, x2, y2 = (int(round(min(v * s, limit))) for v, s, limit in zip(self.roi, scale, (w, h, w, h)))
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            raise UsageError(f"roi (--roi) {self.roi} lies outside the {w}x{h} frame")
+        return x1, y1, x2, y2
+
+    @staticmethod
+    def _shifted(det: Detections, dx: float, dy: float) -> Detections:
+        boxes = det.boxes + np.array([dx, dy, dx, dy], np.float32)
+        landmarks = None if det.landmarks is None else det.landmarks + np.array([dx, dy], np.float32)
+        return Detections(boxes, det.scores, landmarks)
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        regions = [self.region(im.shape) for im in images]
+        found = self.detector([np.ascontiguousarray(im[y1:y2, x1:x2]) for im, (x1, y1, x2, y2) in zip(images, regions)])
+        return [self._shifted(d, x1, y1) for d, (x1, y1, _, _) in zip(found, regions)]
+
+    def refine(self, images: list[np.ndarray], previous: list[Detections]) -> list[Detections]:
+        regions = [self.region(im.shape) for im in images]
+        inside = [self._shifted(d, -x1, -y1) for d, (x1, y1, _, _) in zip(previous, regions)]
+        crops = [np.ascontiguousarray(im[y1:y2, x1:x2]) for im, (x1, y1, x2, y2) in zip(images, regions)]
+        found = self.detector.refine(crops, inside)
+        return [self._shifted(d, x1, y1) for d, (x1, y1, _, _) in zip(found, regions)]
 
 
 def _existing(path: str | Path, what: str) -> Path:
