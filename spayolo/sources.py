@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,13 +174,18 @@ class _SizeWatch:
 
 
 def _video(cap: cv2.VideoCapture, name: str, live: bool, total: int | None = None, retries: int = 5,
-           stride: int = 1):
-    """Frames from OpenCV: every ``stride``-th is decoded, the ones between only skipped over (grab)."""
+           stride: int = 1, timeout: float | None = None):
+    """Frames from OpenCV: every ``stride``-th is decoded, the ones between only skipped over (grab). A failed read is
+    tried again ``retries`` times (a glitch in a stream, one bad frame in a file), within ``timeout`` seconds: a read
+    that timed out has already waited that long."""
     watch, i = _SizeWatch(name), 0  # i: the index of the next frame in the source
     try:
         while True:
+            started = time.monotonic()
             ok, frame = cap.read()
-            for _ in range(retries if not ok else 0):  # a glitch in a stream or one bad frame in a file
+            for _ in range(retries if not ok else 0):
+                if timeout and time.monotonic() - started >= timeout:
+                    break
                 ok, frame = cap.read()
                 if ok:
                     break
@@ -341,7 +347,7 @@ def _in_thread(open_frames, name: str, poll: float = 0.1) -> Iterator:
 def _live(target: int | str, name: str, timeout: float, stride: int) -> FrameSource:
     def open_frames():
         cap = _capture(target, f"stream {name}" if isinstance(target, str) else name, timeout)
-        return _video(cap, name, live=True, stride=stride)
+        return _video(cap, name, live=True, stride=stride, timeout=timeout)
 
     return FrameSource(name, _in_thread(open_frames, name), live=True, stride=stride)
 

@@ -655,3 +655,16 @@ def test_without_pyav_the_video_is_silent_and_says_so_once(tmp_path, capsys, mon
     assert err.count(f"note: {source} has sound; --save is written without it: install PyAV") == 1
     assert count_frames(out) == 20
     assert audio.sounds(write_video(tmp_path / "silent.mp4")) is False
+
+
+@pytest.mark.slow
+def test_two_processes_writing_the_same_outputs_both_finish_whole(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", n=30)
+    out, js = tmp_path / "same.mp4", tmp_path / "same.jsonl"
+    args = ["--source", str(video), "--save", str(out), "--json", str(js)]
+    runs = [_start(args, tmp_path) for _ in range(2)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-1000:] for _, err in results]
+    assert all(f"wrote {js}" in stdout and f"wrote {out}" in stdout for stdout, _ in results)
+    assert [r["frame"] for r in read_jsonl(js)] == list(range(30)) and count_frames(out) == 30
+    assert not partials(tmp_path)

@@ -470,7 +470,7 @@ def _sound(source: FrameSource, fps: float) -> Path | None:
     if source.path is None or not sounds(source.path):
         return None
     if not has_pyav():
-        note = "install PyAV to keep it (pip install \"spayolo[av]\")"
+        note = "install PyAV to keep it (pip install av)"
     elif source.fps and abs(fps * source.stride - source.fps) > 1e-3 * source.fps:
         note = f"--fps {fps:g} is not its pace of {source.fps / source.stride:g} frames a second"
     else:
