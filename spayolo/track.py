@@ -1,11 +1,11 @@
 """Faces followed across video frames, each track smoothing its class probabilities.
 
 Each frame's faces are paired with the tracks by the least total cost (Kuhn-Munkres) of two cues: overlap with where
-the track's constant-velocity Kalman filter expects the face, and, given the frame, how different the face looks (a
-colour histogram of it). A face that matches no track by place is offered to the tracks lost recently nearby, and to
-those lost long ago anywhere, by its looks alone: so two faces that cross keep their ids, and a face hidden for a while
-or that walks out and back in gets its old one. Without the frame, tracks match by place only and are forgotten after
-``max_missed`` frames.
+the track's constant-velocity Kalman filter expects the face, and, given the frame, how differently it looks (colour
+histograms of the face, the hair above it and the chest below). A face that no track takes by place is offered to the
+tracks lost, recently or long ago, by its looks alone: so two faces that cross keep their ids, and a face hidden for a
+while, or that walks out and back in, gets its old one. Without the frame, tracks match by place only and are
+forgotten after ``max_missed`` frames.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ("FaceTracker", "appearance", "box_iou", "min_cost_matching")
+__all__ = ("PARTS", "FaceTracker", "appearance", "box_iou", "min_cost_matching")
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -59,20 +59,28 @@ def min_cost_matching(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (cols[order], rows[order]) if flip else (rows[order], cols[order])
 
 
+PARTS = ((0.0, -0.35, 0.0, -1.0), (0.0, 0.0, 0.0, 0.0), (-0.25, 1.0, 0.25, 1.0))  # hair, face, chest: box offsets
+
+
 def appearance(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, 128) unit vectors describing how each face looks: the square roots of its hue-saturation histogram (16 x 8
-    bins, 32 x 32 pixels of the box), so that the dot product of two is their Bhattacharyya coefficient. Colour
-    survives the changes of expression, pose and size a face goes through, and costs a fraction of a millisecond."""
+    """(N, 384) unit vectors describing how each face and its person look: the square roots of the hue-saturation
+    histograms (16 x 8 bins) of the hair above the face box, the face, and the chest below it, so that the dot product
+    of two is their mean Bhattacharyya coefficient. Colours outlast the changes of expression, pose and size a face goes
+    through; the face's alone tell some strangers apart too poorly (see docs/analyze.md). A region outside the frame
+    counts as nothing; a fraction of a millisecond per face."""
     h, w = frame.shape[:2]
-    out = np.zeros((len(boxes), 128), np.float32)
+    out = np.zeros((len(boxes), len(PARTS) * 128), np.float32)
     for k, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64)):
-        a, b = (max(0, int(x1)), max(0, int(y1))), (min(w, int(np.ceil(x2))), min(h, int(np.ceil(y2))))
-        if b[0] - a[0] < 2 or b[1] - a[1] < 2:
-            continue
-        crop = cv2.resize(frame[a[1] : b[1], a[0] : b[0]], (32, 32), interpolation=cv2.INTER_AREA)
-        hist = cv2.calcHist([cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)], [0, 1], None, [16, 8], [0, 180, 0, 256])
-        out[k] = np.sqrt(hist.ravel() / max(float(hist.sum()), 1e-9))
-    return out
+        bw, bh = x2 - x1, y2 - y1
+        for j, (left, top, right, bottom) in enumerate(PARTS):
+            a = max(0, int(x1 + left * bw)), max(0, int(y1 + top * bh))
+            z = min(w, int(np.ceil(x2 + right * bw))), min(h, int(np.ceil(y2 + bottom * bh)))
+            if z[0] - a[0] < 2 or z[1] - a[1] < 2:
+                continue
+            crop = cv2.resize(frame[a[1] : z[1], a[0] : z[0]], (32, 32), interpolation=cv2.INTER_AREA)
+            hist = cv2.calcHist([cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)], [0, 1], None, [16, 8], [0, 180, 0, 256])
+            out[k, 128 * j : 128 * (j + 1)] = np.sqrt(hist.ravel() / max(float(hist.sum()), 1e-9))
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 # constant velocity of the centre; state (cx, cy, w, h, vx, vy), measured (cx, cy, w, h), noise in units of the height
@@ -123,20 +131,17 @@ class FaceTracker:
 
     ``alpha`` is the weight of the new frame in the average. A face pairs with a track whose predicted box it overlaps
     by ``iou`` or more, the cost of a pair being 1 - IoU plus, given the frame, the appearance distance (1 - the
-    Bhattacharyya coefficient). A track unmatched for up to ``max_missed`` frames is still paired by place; given
-    frames, a lost track is kept ``memory`` frames for a face that matches no track by place: one lost nearby
-    (predicted centre within ``reach`` box sizes) takes it at a distance up to ``near``, any other up to ``far``, so
-    that a stranger must look much alike to take a lost id. A track found again after more than ``max_missed`` frames
-    restarts its average. ``looks=False`` leaves the frame unused: place alone.
+    Bhattacharyya coefficient of appearance()). A track unmatched for up to ``max_missed`` frames is still paired by
+    place; given frames, a lost track is kept ``memory`` frames for a face that no track takes by place and that looks
+    like it (distance up to ``reid``). A track found again after more than ``max_missed`` frames restarts its average.
+    ``looks=False`` leaves the frame unused: place alone.
     """
 
     iou: float = 0.3
     alpha: float = 0.4
     max_missed: int = 15
     memory: int = 300
-    near: float = 0.25
-    far: float = 0.1
-    reach: float = 1.5
+    reid: float = 0.2
     looks: bool = True
     tracks: dict[int, _Track] = field(default_factory=dict)
     next_id: int = 1
@@ -192,13 +197,8 @@ class FaceTracker:
         if not ids or not free:
             return
         distance = self._distances(looks[free], ids)
-        tracks = [self.tracks[i] for i in ids]
-        centres, sizes = np.stack([t.mean[:2] for t in tracks]), np.array([t.mean[2:4].mean() for t in tracks])
-        face_centres = (boxes[free, :2] + boxes[free, 2:]) / 2
-        close = np.linalg.norm(face_centres[:, None] - centres[None], axis=2) <= self.reach * sizes[None]
-        limit = np.where(close, self.near, self.far)
-        for f, k in zip(*min_cost_matching(np.where(distance <= limit, distance, 1e6))):
-            if distance[f, k] <= limit[f, k]:
+        for f, k in zip(*min_cost_matching(np.where(distance <= self.reid, distance, 1e6))):
+            if distance[f, k] <= self.reid:
                 assigned[free[f]] = ids[k]
 
     def _renew(self, track: _Track, box: np.ndarray, probs: np.ndarray, looks: np.ndarray | None) -> None:
