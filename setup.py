@@ -6,7 +6,9 @@ children, checkpoint reloads) register spayolo with Ultralytics without a user-s
 
 ``SPAYOLO_DIST=runtime pip install .`` builds ``spayolo-runtime`` from the same sources, as opencv-python builds its
 headless twin: the ``spayolo`` package with only what ``FERPipeline(backend="onnx")`` and ``spayolo live`` need
-(NumPy, OpenCV without GUI libraries, ONNX Runtime), no torch, torchvision or Ultralytics, and no .pt weights.
+(NumPy, OpenCV without GUI libraries, ONNX Runtime), no torch, torchvision or Ultralytics, and no .pt weights;
+``spayolo analyze`` there needs its ``analyze`` extra (polars, matplotlib and what they pull in: 262 MB that a
+deployment need not carry).
 The two are alternatives: install one or the other into an environment.
 """
 
@@ -61,7 +63,8 @@ RUNTIME = {
     "name": "spayolo-runtime",
     "description": "Facial expression recognition on ONNX Runtime, NumPy and OpenCV: spayolo's deployment install",
     "install_requires": ["numpy>=1.23", "opencv-python-headless>=4.8", "onnxruntime>=1.18"],
-    "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"]},
+    "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"],
+                       "analyze": ["polars>=1", "matplotlib>=3.7"], "ray": ["ray>=2.9"]},
     "package_data": {"spayolo.assets": ["*.jpg"], "spayolo.weights": ["*.onnx"], "spayolo.weights.mtcnn": ["*.onnx"]},
 }
 flavour = os.environ.get("SPAYOLO_DIST", "full")

@@ -31,12 +31,12 @@ COMMANDS = {
     "prepare": "spayolo.apps.prepare",
     "evaluate": "spayolo.apps.evaluate",
     "export-ensemble": "spayolo.apps.export_ensemble",
-    "quantize": "spayolo.apps.quantize",
     "kfold": "spayolo.apps.kfold",
     "cam": "spayolo.apps.cam",
     "sweep": "spayolo.apps.sweep",
     "teach": "spayolo.apps.teach",
     "benchmark": "spayolo.benchmark",
+    "analyze": "spayolo.apps.analyze",
 }
 
 

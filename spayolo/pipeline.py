@@ -163,6 +163,21 @@ class FERPipeline:
             given = None if boxes is None else [boxes.get(source.current or source.index, ())]
             yield source.index, frame, self.process([frame], track=track, boxes=given)[0]
 
+    def analyze(self, source, gallery=None):
+        """The per-frame table of a video (or any source stream() takes) as a polars DataFrame: a row per frame and face
+        with its media time, track id, box, label and probabilities (spayolo.analysis.table; ``.to_pandas()`` for
+        pandas); spayolo.analysis.summarize makes the per-person summary of it. ``gallery``, a
+        spayolo.analysis.FaceGallery, collects each track's most confident face per expression on the way.
+        Needs polars (the full install; spayolo-runtime's ``analyze`` extra)."""
+        from spayolo.analysis.deps import require
+
+        require("polars", what="FERPipeline.analyze")
+        from spayolo.analysis.records import stream_records
+        from spayolo.analysis.table import frame_table
+
+        self.reset()
+        return frame_table(list(stream_records(self, source, gallery)), self.names)
+
     @staticmethod
     def _read(source) -> np.ndarray:
         """An image path or array -> HxWx3 uint8 BGR; grayscale and BGRA arrays are converted, anything else refused."""
