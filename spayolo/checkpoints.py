@@ -21,15 +21,17 @@ __all__ = ("CheckpointError", "load_checkpoint", "load_yolo", "restricted_loadin
 
 # How Ultralytics' loader reports a file it cannot use: TypeError for a damaged, empty or truncated file, a refused
 # class, TorchScript or a YOLOv5 model (the torch error as its cause), ModuleNotFoundError for a trusted pickle that
-# names a module this install lacks. Anything else is a failure of the code, and keeps its traceback.
-_UNUSABLE = (TypeError, ModuleNotFoundError)
+# names a module this install lacks, OSError when torch's zip reader seeks past the end of an archive cut short.
+# Anything else is a failure of the code, and keeps its traceback.
+_UNUSABLE = (TypeError, ModuleNotFoundError, OSError)
 
 
 def _reason(error: Exception) -> str:
     """What is wrong with a file Ultralytics' loader could not read, without its advice to fetch a hub model (spayolo
     works offline): the torch error's first line where it says more than that the file did not unpickle."""
     cause = error.__cause__
-    if isinstance(cause, (RuntimeError, EOFError)) or "references types outside" in str(error):
+    if (isinstance(cause, (RuntimeError, EOFError)) or isinstance(error, OSError)
+            or "references types outside" in str(error)):
         detail = str(cause).strip().split(". ")[0] if isinstance(cause, RuntimeError) else ""
         return "the file is empty, cut short, damaged or not a PyTorch checkpoint at all" + (f" ({detail})"
                                                                                              if detail else "")
