@@ -35,7 +35,8 @@ class BuildWithAutoload(build_py):
 
 
 class _WithAutoload:
-    """Wrap setuptools' editable strategy so the editable wheel also carries the .pth (its build_py output is dropped)."""
+    """Wrap setuptools' editable strategy so the editable wheel also carries the .pth (its build_py output is
+    dropped)."""
 
     def __init__(self, strategy):
         self.strategy = strategy

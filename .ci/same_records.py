@@ -9,7 +9,8 @@ def main(first: str, second: str) -> int:
     assert len(a) == len(b) > 0, f"{len(a)} against {len(b)} records"
     faces = 0
     for x, y in zip(a, b):
-        assert x["frame"] == y["frame"] and x.get("file") == y.get("file") and len(x["faces"]) == len(y["faces"]), (x, y)
+        same = x["frame"] == y["frame"] and x.get("file") == y.get("file") and len(x["faces"]) == len(y["faces"])
+        assert same, (x, y)
         for f, g in zip(x["faces"], y["faces"]):
             assert f["label"] == g["label"] and f["track_id"] == g["track_id"], (f, g)
             assert max(abs(p - q) for p, q in zip(f["box"], g["box"])) <= 0.5, (f["box"], g["box"])

@@ -22,7 +22,8 @@ __all__ = ("DEFAULT_MODELS", "EXPRESSIONS", "Ensemble", "OnnxClassifier", "expre
            "mean_over_views", "names_list", "probabilities")
 
 # the shipped classifier, per backend: the same weights as a checkpoint and as their ONNX export
-DEFAULT_MODELS = {"onnx": packaged("weights", "spayolo-n-fer2013.onnx"), "torch": packaged("weights", "spayolo-n-fer2013.pt")}
+DEFAULT_MODELS = {"onnx": packaged("weights", "spayolo-n-fer2013.onnx"),
+                  "torch": packaged("weights", "spayolo-n-fer2013.pt")}
 
 
 def names_list(names) -> list[str]:

@@ -7,7 +7,8 @@ library users already catch (``ValueError``, ``FileNotFoundError``, ...).
 
 from __future__ import annotations
 
-__all__ = ("CheckpointError", "MissingDependencyError", "MissingFileError", "OutputExistsError", "SpayoloError", "UsageError")
+__all__ = ("CheckpointError", "MissingDependencyError", "MissingFileError", "OutputExistsError", "SpayoloError",
+           "UsageError")
 
 
 class SpayoloError(Exception):

@@ -50,7 +50,8 @@ class Face:
         return {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
-            "landmarks": None if self.landmarks is None else [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "landmarks": None if self.landmarks is None else [[round(float(x), 1), round(float(y), 1)]
+                                                              for x, y in self.landmarks],
             "track_id": self.track_id,
             "label": self.label,
             "probs": {n: round(float(p), 4) for n, p in zip(self.names, self.probs)},
@@ -235,9 +236,9 @@ class FERPipeline:
             ids = [None] * len(d)
             if track:
                 ids, p = self.tracker.update(d.boxes, p, frame)
-            lmk = d.landmarks if d.landmarks is not None else [None] * len(d)
-            out.append([Face(b, float(s), l, names[int(q.argmax())], q, names, t)
-                        for b, s, l, q, t in zip(d.boxes, d.scores, lmk, p, ids)])
+            marks = d.landmarks if d.landmarks is not None else [None] * len(d)
+            out.append([Face(b, float(s), m, names[int(q.argmax())], q, names, t)
+                        for b, s, m, q, t in zip(d.boxes, d.scores, marks, p, ids)])
         return out
 
     def _detect(self, frames: list[np.ndarray], track: bool) -> list[Detections]:
@@ -265,5 +266,6 @@ class FERPipeline:
     def crop_views(self, frames: list[np.ndarray], dets: list[Detections], size: int) -> np.ndarray:
         """The TTA views (V,N,3,size,size) of all N faces of the frames, in frame order."""
         fractions = view_fractions(self.tta)
-        views = [self.crop(f, d, fractions, size).reshape(len(fractions), -1, 3, size, size) for f, d in zip(frames, dets)]
+        views = [self.crop(f, d, fractions, size).reshape(len(fractions), -1, 3, size, size)
+                 for f, d in zip(frames, dets)]
         return np.concatenate(views, 1) if views else np.zeros((len(fractions), 0, 3, size, size), np.float32)

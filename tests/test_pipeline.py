@@ -18,8 +18,8 @@ from spayolo.face.mtcnn import onnx_nets
 from spayolo.face.mtcnn_torch import PNet, export_onnx, load_nets
 from spayolo.pipeline import FERPipeline
 from spayolo.sources import SourceError, StreamError
-from spayolo.tta import DEFAULT_TTA, ZOOM_FRACTION
 from spayolo.track import box_iou
+from spayolo.tta import DEFAULT_TTA, ZOOM_FRACTION
 
 IMGSZ = 32
 
@@ -34,7 +34,7 @@ def fer(tiny_ckpt, detector) -> FERPipeline:
     return FERPipeline(tiny_ckpt, detector=detector, backend="torch")
 
 
-# --- MTCNN's nets: the PyTorch port and the ONNX files made from it ----------------------------------------------------
+# --- MTCNN's nets: the PyTorch port and the ONNX files made from it ---------------------------------------------------
 
 
 def test_weight_shapes_and_tf_layout():

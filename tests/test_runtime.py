@@ -43,8 +43,8 @@ def fer() -> FERPipeline:
 
 def _spy_on_imports(code: str) -> list[str]:
     """The heavy modules a fresh interpreter has imported after running ``code``."""
-    probe = f"{code}\nimport sys\nprint(' '.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', " \
-            f"'ultralytics', 'matplotlib', 'polars')))"
+    heavy = ("torch", "torchvision", "ultralytics", "matplotlib", "polars")
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in sys.modules if m.split('.')[0] in {heavy}))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return out.stdout.split()
 

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not model.is_file():
         raise MissingFileError(f"--model {model}: no such file")
     if model.suffix.lower() != ".onnx" or out.suffix.lower() != ".onnx":
-        raise UsageError(f"--model and --out are ONNX files (.onnx); export a .pt first (yolo export format=onnx "
-                         f"dynamic=True)")
+        raise UsageError("--model and --out are ONNX files (.onnx); export a .pt first (yolo export format=onnx "
+                         "dynamic=True)")
     if out.resolve() == model.resolve():
         raise UsageError(f"--out {out} is the model itself: choose another output path")
     if not out.parent.is_dir():

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     from spayolo.paths import packaged
 
     parser = argparse.ArgumentParser(prog="python -m spayolo.face.mtcnn_torch", description=main.__doc__)
-    parser.add_argument("--out", default=str(packaged("weights") / "mtcnn"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(packaged("weights") / "mtcnn"),
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--weights", default=None, help="folder of {pnet,rnet,onet}.lz4 (default: the mtcnn package's)")
     args = parser.parse_args(argv)
     for path in export_onnx(args.out, args.weights):
