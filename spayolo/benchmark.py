@@ -2,13 +2,14 @@
 
 Classifiers: each spayolo model beside the stock yolov8-cls of the same scale (PyTorch, optionally ONNX Runtime).
 Pipeline: end-to-end frames per second of detection + crop + classification on 640x480 video frames with 1 and with
-5 faces, split by stage, with the classifier in PyTorch and in ONNX Runtime, detecting every frame or every n-th.
+5 faces, split by stage, for backends, classifiers (INT8, ensembles), detection intervals, threads and a busy machine
+(spayolo.pipeline_benchmark; needs no torch, so it runs in the runtime install too).
 Training: images per second of the stock trainer path and of spayolo's fast path (``cache=ram``, CPU bf16 where
 native, channels_last) through the same ``YOLO.train``, on the same images, one model after the other, each run in a
 fresh process as ``yolo classify train`` runs.
 
     spayolo benchmark --models spayolo-n lanmsff-yolo-n fermam-yolo-n --imgsz 64 --device cpu --onnx
-    spayolo benchmark --pipeline --model weights/spayolo-n-fer2013.pt --device cpu
+    spayolo benchmark --pipeline --backend onnx --model weights/spayolo-n-fer2013.onnx x-int8.onnx --load 0 2
     spayolo benchmark --train --models spayolo-n --imgsz 64 --data fer2013.yaml
 """
 
@@ -22,10 +23,12 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it: the pipeline benchmark runs without it
+    import torch
 
 __all__ = ("main", "measure_training")
 
@@ -57,6 +60,8 @@ def timed(run, warmup: int, repeats: int, sync) -> float:
 
 
 def measure_torch(model, imgsz: int, device: torch.device, repeats: int, batch: int) -> tuple[float, float]:
+    import torch
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = model.to(device)
     with torch.inference_mode():
@@ -69,6 +74,8 @@ def measure_torch(model, imgsz: int, device: torch.device, repeats: int, batch: 
 
 def scan_share(model, imgsz: int, device: torch.device, repeats: int) -> float:
     """Fraction of a batch-1 forward pass spent in FERMam's selective scan (0 for a model without one)."""
+    import torch
+
     import spayolo.nn.fermam as fermam
 
     if not any(isinstance(m, fermam.SS2D) for m in model.modules()):
@@ -101,6 +108,8 @@ def scan_share(model, imgsz: int, device: torch.device, repeats: int) -> float:
 
 
 def measure_onnx(model, imgsz: int, repeats: int, batch: int) -> tuple[float, float]:
+    import torch
+
     from spayolo.export import onnx_bytes
     from spayolo.runtime import OnnxModel
 
@@ -109,64 +118,6 @@ def measure_onnx(model, imgsz: int, repeats: int, batch: int) -> tuple[float, fl
     latency = timed(lambda: runner(x1), 3, repeats, lambda: None)
     throughput = batch / timed(lambda: runner(xb), 1, max(repeats // 5, 2), lambda: None)
     return latency * 1e3, throughput
-
-
-def face_tiles(detector, size: int = 112) -> list[np.ndarray]:
-    """The five faces of the photos shipped with ultralytics and matplotlib, each cut with a margin, size x size."""
-    from spayolo.apps.demo import demo_photos
-
-    tiles = []
-    for path, _ in demo_photos():
-        img = cv2.imread(str(path))
-        for x1, y1, x2, y2 in detector([img])[0].boxes:
-            cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.8 * max(x2 - x1, y2 - y1)
-            ys, xs = slice(max(int(cy - half), 0), int(cy + half)), slice(max(int(cx - half), 0), int(cx + half))
-            tiles.append(cv2.resize(img[ys, xs], (size, size), interpolation=cv2.INTER_AREA))
-    if len(tiles) != 5:
-        raise RuntimeError(f"expected the 5 faces of the demo photos, the detector found {len(tiles)}")
-    return tiles
-
-
-def scene(tiles: list[np.ndarray], shift: int) -> np.ndarray:
-    """A 640x480 grey frame with the tiles on two rows, all moved `shift` px right (a slow pan between frames)."""
-    frame = np.full((480, 640, 3), 100, np.uint8)
-    size = tiles[0].shape[0]
-    for k, tile in enumerate(tiles):
-        row, col = divmod(k, 3)
-        x, y = 40 + shift + col * (size + 70), 60 + row * (size + 100)
-        frame[y : y + size, x : x + size] = tile
-    return frame
-
-
-def measure_pipeline(args) -> None:
-    """Frames per second and per-stage milliseconds for 1 and 5 faces, PyTorch vs ONNX Runtime, detect 1 vs n."""
-    from spayolo.face.detectors import MTCNNDetector
-    from spayolo.pipeline import DEFAULT_MODEL, FERPipeline
-
-    model = Path(args.model) if args.model else DEFAULT_MODEL
-    rows = []
-    tiles = face_tiles(MTCNNDetector(args.device, min_face=40))
-    clips = {n: [scene(tiles[:n] if n > 1 else tiles[-1:], 2 * i) for i in range(args.frames)] for n in (1, 5)}
-    for backend in ("torch", "onnx"):
-        for every in sorted({1, args.detect_every}):
-            fer = FERPipeline(model, device=args.device, detect_every=every, half=args.half and backend == "torch",
-                              backend=backend)
-            for n, frames in clips.items():
-                for frame in frames[:3]:  # warm-up
-                    fer.process([frame], track=True)
-                fer.reset()
-                start = time.perf_counter()
-                found = sum(len(fer.process([frame], track=True)[0]) for frame in frames)
-                seconds = time.perf_counter() - start
-                stages = {k: fer.times[k] / len(frames) * 1e3 for k in ("detect", "crop", "classify")}
-                rows.append((backend, every, n, found / len(frames), len(frames) / seconds, stages))
-    print(f"pipeline: device={args.device} frames=640x480 x{args.frames} threads={torch.get_num_threads()} "
-          f"classifier={model.name}")
-    print(f"{'backend':<11}{'detect every':>13}{'faces':>6}{'found':>7}{'FPS':>8}{'detect ms':>11}{'crop ms':>9}"
-          f"{'classify ms':>13}")
-    for runtime, every, n, found, fps, t in rows:
-        print(f"{runtime:<11}{every:>13}{n:>6}{found:>7.1f}{fps:>8.1f}{t['detect']:>11.1f}{t['crop']:>9.1f}"
-              f"{t['classify']:>13.1f}")
 
 
 # The README recipes' augmentation; both paths get the same arguments but these, and the optimizer of --optimizer
@@ -265,31 +216,45 @@ def benchmark_training(args) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="spayolo benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["spayolo-n"], help="YAML names without .yaml, with scale")
     parser.add_argument("--imgsz", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--nc", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64, help="batch for the throughput column")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch CPU threads for the classifier table; ONNX Runtime threads per model for the "
+                             "pipeline, one configuration each (default: the libraries' own)")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU provider)")
     parser.add_argument("--pipeline", action="store_true", help="benchmark end-to-end FER on video frames instead")
-    parser.add_argument("--model", default=None, help="pipeline classifier .pt/.onnx (default: the shipped weights)")
-    parser.add_argument("--frames", type=int, default=40, help="pipeline frames per configuration")
-    parser.add_argument("--detect-every", type=int, default=5, help="pipeline: compared with detecting every frame")
-    parser.add_argument("--half", action="store_true", help="pipeline: FP16 classifier (CUDA)")
+    parser.add_argument("--model", nargs="+", default=None,
+                        help="pipeline: classifiers, one configuration each; a+b is an ensemble (default: the shipped)")
+    parser.add_argument("--backend", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"],
+                        help="pipeline: backends, one configuration each (default: both)")
+    parser.add_argument("--detect-every", type=int, nargs="+", default=[1, 5],
+                        help="pipeline: full detection every n-th frame, one configuration each (default: 1 5)")
+    parser.add_argument("--load", type=int, nargs="+", default=[0],
+                        help="pipeline: busy processes beside it on the same cores, one configuration each")
+    parser.add_argument("--frames", type=int, default=40, help="pipeline frames per configuration and clip")
     parser.add_argument("--train", action="store_true", help="benchmark the stock vs the fast training path instead")
     parser.add_argument("--data", default="fer2013.yaml", help="training: image folder or dataset name")
     parser.add_argument("--batches", type=int, default=60, help="training: batches per path, model and round")
-    parser.add_argument("--rounds", type=int, default=3, help="training: alternating stock/fast rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (training: stock/fast; pipeline)")
     parser.add_argument("--optimizer", default="SGD",
                         help="training: SGD (the shipped default's recipe), Adan (the paper's), AdamW, ...")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.pipeline:
-        return measure_pipeline(args)
+        from spayolo.pipeline_benchmark import pipeline_benchmark
+
+        pipeline_benchmark(args.backend, args.model or [None], args.detect_every, args.threads or [None], args.load,
+                           args.frames, args.rounds, args.device)
+        return 0
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads[0])
     if args.train:
         return benchmark_training(args)
 

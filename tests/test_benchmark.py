@@ -65,9 +65,29 @@ def test_scan_share_counts_the_scan_of_the_timed_passes_only(monkeypatch):
 
 def test_pipeline_scene_has_the_faces_it_claims():
     from spayolo.face.detectors import MTCNNDetector
+    from spayolo.pipeline_benchmark import face_tiles, scene
 
-    detector = MTCNNDetector("cpu", min_face=40)
-    tiles = benchmark.face_tiles(detector)
-    frame = benchmark.scene(tiles, shift=4)
-    assert frame.shape == (480, 640, 3) and len(detector([frame])[0]) == 5
-    assert len(detector([benchmark.scene(tiles[-1:], shift=0)])[0]) == 1
+    detector = MTCNNDetector(min_face=40)
+    tiles = face_tiles()
+    assert len(tiles) == 5
+    assert len(detector([scene(tiles, shift=4)])[0]) == 5
+    assert len(detector([scene(tiles[:1], shift=0)])[0]) == 1
+
+
+def test_pipeline_configurations_cover_every_combination():
+    from spayolo.pipeline_benchmark import configurations
+
+    rows = configurations(["onnx"], [None, "a.onnx+b.onnx"], [1, 5], [None, 1], [0, 2])
+    assert len(rows) == 1 * 2 * 2 * 2 * 2 and len({r["label"] for r in rows}) == len(rows)
+    assert {tuple(r["model"]) for r in rows if isinstance(r["model"], list)} == {("a.onnx", "b.onnx")}
+    assert {r["load"] for r in rows} == {0, 2} and {r["threads"] for r in rows} == {None, 1}
+
+
+def test_busy_load_runs_and_stops_its_processes():
+    from spayolo.pipeline_benchmark import busy_load
+
+    with busy_load(2) as load:
+        assert [p.is_alive() for p in load.processes] == [True, True]
+    assert [p.is_alive() for p in load.processes] == [False, False]
+    with busy_load(0) as none:
+        assert none.processes == []
