@@ -257,3 +257,16 @@ def test_ray_tasks_write_what_the_local_run_writes(clip, tmp_path):
         if job.path.name != "broken.mp4":
             assert {p.name: p.read_bytes() for p in job.folder.iterdir()} == {
                 p.name: p.read_bytes() for p in twin.folder.iterdir()}
+
+
+def test_live_writes_media_time_and_a_report_at_the_end(clip, tmp_path, capsys):
+    records, report = tmp_path / "live.jsonl", tmp_path / "report"
+    argv = ["live", "--source", str(clip), "--no-show", "--save", "", "--json", str(records)]
+    assert main([*argv, "--report", str(report)]) == 0
+    assert [r["t"] for r in read_records(records)] == pytest.approx([i / 10 for i in range(12)])
+    assert (report / "report.html").is_file() and (report / "faces.png").is_file()  # faces from the video file
+    assert (report / "summary.json").read_bytes() == analyze_records(read_records(records), "clip.mp4",
+                                                                     video=clip)["summary.json"]
+    capsys.readouterr()
+    assert main([*argv[:-1], "", "--report", str(tmp_path / "other")]) == 2
+    assert "--report is made from the run's records" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import cv2
-
-__all__ = ("MediaClock", "video_fps")
-
-
-def video_fps(path: str) -> float | None:
-    """The frame rate a video file declares; None when it declares none that is plausible."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-    return fps if 0 < fps <= 1000 else None
+__all__ = ("MediaClock",)
 
 
 class MediaClock:
@@ -33,10 +21,11 @@ class MediaClock:
         """The clock of a spayolo.sources.FrameSource."""
         if source.live or not source.sequential:
             return cls(live=source.live, timed=source.live)
-        return cls(fps=video_fps(source.name))
+        return cls(fps=source.fps)
 
     def __call__(self, index: int, elapsed: float) -> float | None:
-        """Media seconds of frame ``index``, seen ``elapsed`` wall-clock seconds after the start."""
+        """Media seconds of frame ``index`` (its place in the source), seen ``elapsed`` wall-clock seconds after the
+        start; a video file that declares no frame rate falls back to the latter."""
         if not self.timed:
             return None
         return round(index / self.fps, 4) if self.fps else round(elapsed, 3)

@@ -64,3 +64,4 @@ def analyze_file(path: str | Path, settings: dict | None = None, video: str | Pa
     fer, gallery = _pipeline(settings or {}), FaceGallery()
     records = list(stream_records(fer, path, gallery))
     return analyze_records(records, path.name, fer.names, gallery=gallery)
+

@@ -83,8 +83,8 @@ def timeline(table: pl.DataFrame, person: dict, duration: float) -> bytes:
     rows = _track_rows(table, person["track_id"])
     t, dt = rows["t"].to_numpy(), rows["dt"].to_numpy()
     gap = np.r_[False, t[1:] > t[:-1] + dt[:-1] + 1e-6]  # unseen time: the lines break there
-    fig = Figure(figsize=(10, 3.4), layout="constrained")
-    grid = fig.add_gridspec(2, 1, height_ratios=(5, 1))
+    fig = Figure(figsize=(10, 3.4))  # fixed margins: a layout engine would double the time a timeline takes
+    grid = fig.add_gridspec(2, 1, height_ratios=(5, 1), left=0.065, right=0.865, top=0.91, bottom=0.14, hspace=0.45)
     ax, band = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
     for name in names:
         p = rows[name].to_numpy().astype(np.float64)

@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from spayolo.analysis.clock import MediaClock
+from spayolo.analysis.run_report import live_report, live_report_folder
 from spayolo.apps.args import add_pipeline_args, pipeline_kwargs, positive_float, positive_int
 from spayolo.apps.boxes import GivenBoxes, read_boxes
 from spayolo.apps.demo import demo_video
@@ -404,6 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boxes", default=None, metavar="FILE",
                         help="classify the faces at these boxes (JSON lines from your own detector, or a --json of "
                              "spayolo live) instead of detecting them")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="at the end, write the run's per-person report into DIR (as spayolo analyze does)")
     return parser.parse_args(argv)
 
 
@@ -438,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--roi chooses where the face detector looks; with --boxes nothing is detected: give one")
     boxes = read_boxes(args.boxes) if args.boxes else None
     outputs = {"--save": _output(args.save, "--save"), "--json": _output(args.json, "--json")}
+    report = live_report_folder(args.report, outputs["--json"]) if args.report else None
     if args.source is None:
         source = default_source(args.timeout, args.vid_stride)
     else:
@@ -459,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     warning = expression_warning(fer.names, fer.classifier.source)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    return _run(fer, source, video, records, show, boxes)
+    code = _run(fer, source, video, records, show, boxes)
+    if report and records.count and not records.error:  # also after a stop: the report of what was recorded
+        print(f"wrote {printable(live_report(records.path, report, source, fer.names))}")
+    return code
 
 
 def _sound(source: FrameSource, fps: float) -> Path | None:
@@ -495,7 +503,7 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
          boxes: GivenBoxes | None = None) -> int:
     """The frame loop; outputs are closed (complete and moved into place, or removed) however it ends. Returns the
     exit status; what the run wrote is known once it returns, so later steps can read it."""
-    code, t0, fps = 0, time.perf_counter(), 0.0
+    code, t0, fps, clock = 0, time.perf_counter(), 0.0, MediaClock.of(source)
     bar = None
     if source.total and not source.live:
         bar = Progress(source.total, Path(source.name).name)
@@ -509,7 +517,7 @@ def _run(fer, source: FrameSource, video: VideoSink | None, records: JsonSink | 
                 now = time.perf_counter()
                 fps = 0.9 * fps + 0.1 / max(now - tic, 1e-6) if i else 1 / max(now - tic, 1e-6)
                 if records:
-                    record = {"frame": i, "time": round(now - t0, 3)}
+                    record = {"frame": i, "time": round(now - t0, 3), "t": clock(i, now - t0)}
                     record.update({"file": source.current} if source.current else {})
                     record["faces"] = [f.to_dict() for f in faces]
                 vis = draw(frame, faces, fps, region and region(frame.shape))
