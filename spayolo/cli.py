@@ -31,6 +31,7 @@ COMMANDS = {
     "prepare": "spayolo.apps.prepare",
     "evaluate": "spayolo.apps.evaluate",
     "export-ensemble": "spayolo.apps.export_ensemble",
+    "quantize": "spayolo.apps.quantize",
     "kfold": "spayolo.apps.kfold",
     "cam": "spayolo.apps.cam",
     "sweep": "spayolo.apps.sweep",
