@@ -16,9 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import n_params, onnx_run, ss2d_params
-from spayolo.nn.common import PaddedDWConv, _tap_index
+from spayolo.nn.common import PaddedDWConv, _tap_index, channel_shuffle
 from spayolo.nn.fermam import ASFR, SS2D, ConvSSM, cross_merge, cross_scan
-from spayolo.nn.lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
+from spayolo.nn.lanmsff import (
+    PWFS,
+    LANMSFFBlock,
+    LANMSFFConvBlock,
+    LANMSFFHead,
+    MassAtt,
+    SameConv,
+    SeparableConv,
+    same_conv,
+)
 from spayolo.nn.msff import BFEU, FFM, MSFFModule
 from spayolo.nn.scan import _cuda_kernel, random_scan_inputs, selective_scan, selective_scan_torch
 from spayolo.nn.spam import FEP, GAM, SPAM, _dft2_matrix, _dft_basis, real_dft2
@@ -392,6 +401,157 @@ def test_separable_conv_has_no_activation_between_its_convs():
     inner = m.pointwise(m.depthwise(x))
     torch.testing.assert_close(m.eval()(x), m.act(m.bn(inner)))
     assert n_params(LANMSFFConvBlock(3, 12)) == (3 * 12 * 9 + 24) + (12 * 9 + 12 * 12 + 24) + (12 * 12 * 9 + 24)
+
+
+def _stacked_pwfs(x: torch.Tensor, g: int) -> torch.Tensor:
+    """PWFS (eq. 2) as first written: the three groups stacked, the short last one completed by the middle one."""
+    first, middle, last = x[:, :g], x[:, g : 2 * g], x[:, 2 * g :]
+    groups = torch.stack((first, middle, torch.cat((last, middle[:, last.shape[1] :]), 1)))
+    return (groups.amax(0) + groups.amin(0)) / 2
+
+
+@pytest.mark.parametrize("c", [9, 8, 7])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_pwfs_equals_stacked_groups_with_gradients(c, memory_format):
+    # small integers make ties common: amax/amin split a tied gradient evenly, the view of the groups must as well
+    torch.manual_seed(0)
+    x = torch.randint(-2, 3, (2, c, 4, 5)).float().contiguous(memory_format=memory_format).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, ref = PWFS(c)(x), _stacked_pwfs(x_ref, -(-c // 3))
+    torch.testing.assert_close(y, ref)
+    weights = torch.randn(ref.shape)
+    (y * weights).sum().backward(), (ref * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_channel_shuffle_keeps_channels_last():
+    x = torch.randn(2, 12, 3, 5)
+    y = channel_shuffle(x, 3)
+    assert torch.equal(y, x[:, [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]])  # ShuffleNet's interleave of 3 groups of 4
+    y_cl = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 3)
+    assert torch.equal(y_cl, y) and y_cl.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("hw,d", [((2, 2), 2), ((1, 1), 1), ((2, 5), 2), ((4, 4), 2), ((9, 7), 2), ((1, 6), 3)])
+def test_same_conv_leaves_out_only_taps_that_read_padding(hw, d):
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 4, *hw, requires_grad=True), torch.randn(6, 4, 3, 3, requires_grad=True)
+    y, ref = same_conv(x, w, (d, d)), F.conv2d(x, w, None, 1, d, d)
+    torch.testing.assert_close(y, ref)
+    weights = torch.randn(ref.shape)
+    grads, ref_grads = (torch.autograd.grad((out * weights).sum(), (x, w)) for out in (y, ref))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, name: str, scale: torch.Tensor) -> None:
+    """fp32 equality up to summation order: within 1e-5 of ``scale``, the largest value of that kind."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(scale), msg=lambda m: f"{name}: {m}")
+
+
+def _compare_training(m, ref, x, forward_ref) -> None:
+    """Train-mode outputs, input and parameter gradients, and BN statistics of ``m`` and of ``forward_ref(ref, x)``.
+
+    A parameter gradient is a sum over the batch and the map, so its rounding error scales with the largest gradient
+    (a gate's bias sums terms that nearly cancel).
+    """
+    ref.load_state_dict(m.state_dict())
+    x_ref = x.detach().contiguous().requires_grad_()
+    y, y_ref = m.train()(x), forward_ref(ref.train(), x_ref)
+    _close(y, y_ref, "output", y_ref.abs().max())
+    weights = torch.randn(y.shape)
+    (y * weights).sum().backward(), (y_ref * weights).sum().backward()
+    _close(x.grad, x_ref.grad, "input gradient", x_ref.grad.abs().max())
+    largest = max(p.grad.abs().max() for p in ref.parameters())
+    for (name, p), p_ref in zip(m.named_parameters(), ref.parameters()):
+        _close(p.grad, p_ref.grad, f"{name} gradient", largest)
+    for (name, b), b_ref in zip(m.named_buffers(), ref.buffers()):
+        _close(b.float(), b_ref.float(), name, b_ref.float().abs().max())
+
+
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("hw", [(2, 2), (5, 7), (8, 8)])
+def test_separable_conv_composed_equals_depthwise_then_pointwise(monkeypatch, d, hw):
+    torch.manual_seed(0)
+    monkeypatch.setattr(SeparableConv, "composes", lambda self, x: True)  # the CPU-autocast training path, in fp32
+    x = torch.randn(3, 6, *hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    _compare_training(SeparableConv(6, 5, 3, d=d), SeparableConv(6, 5, 3, d=d), x,
+                      lambda m, x: m.act(m.bn(m.pointwise(m.depthwise(x)))))
+
+
+def test_separable_conv_composes_only_to_train_under_cpu_autocast():
+    m, x = SeparableConv(4, 4), torch.randn(1, 4, 5, 5)
+    assert not m.composes(x) and not SeparableConv(4, 4, 2).composes(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.composes(x) and not SeparableConv(4, 4, 2).composes(x)  # even kernel: no size-keeping padding
+        assert not m.eval().composes(x)  # evaluation and export run the two convs
+        with torch.no_grad():
+            assert not m.train().composes(x)
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (8, 8)])
+def test_same_conv_module_equals_ultralytics_conv(hw):
+    from ultralytics.nn.modules import Conv
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, *hw, requires_grad=True)
+    _compare_training(SameConv(4, 6, 3, d=2), Conv(4, 6, 3, d=2), x, lambda m, x: m(x))
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (8, 8)])
+def test_lanmsff_block_fast_paths_equal_the_reference(monkeypatch, hw):
+    # channels_last shuffle, the composed separable convs, SameConv and whole-gradient copies against the block as
+    # first written (NCHW shuffle, each conv as its own modules), in fp32
+    from ultralytics.nn.modules import Conv
+
+    def reference(m, x):
+        b, c, h, w = x.shape
+        halves = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w).chunk(2, 1)
+        conv = lambda p, x: p.act(p.bn(p.conv(x)))  # noqa: E731
+        x = torch.cat([conv(p, half) for p, half in zip(m.split, halves)], 1)
+        x = torch.cat([p.act(p.bn(p.pointwise(p.depthwise(x)))) for p in m.separable], 1)
+        x = torch.cat([conv(p, x) for p in m.full], 1)
+        return m.project(m.attention(x))
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(SeparableConv, "composes", lambda self, x: True)
+    m = LANMSFFBlock(16, 24).to(memory_format=torch.channels_last)
+    assert isinstance(m.split[1], SameConv) and type(m.split[0]) is Conv
+    x = torch.randn(3, 16, *hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    _compare_training(m, LANMSFFBlock(16, 24), x, reference)
+
+
+def test_separable_conv_bf16_gradient_matches_fp32():
+    # oneDNN's bf16 depthwise weight gradient with dilation comes out wrong (relative error ~1, or inf) in
+    # channels_last on maps from 32x32: the composed dense conv must give the fp32 gradient within bf16 rounding
+    torch.manual_seed(0)
+    m = SeparableConv(16, 8, 3, d=2).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    weights, grads = torch.randn(4, 8, 32, 32), {}
+    for amp in (False, True):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = m(x)
+        (y.float() * weights).sum().backward()
+        grads[amp] = [p.grad.clone() for p in m.parameters()]
+    for bf16, fp32 in zip(grads[True], grads[False]):
+        assert (bf16 - fp32).norm() / fp32.norm() < 3e-2
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_lanmsff_block_trains_finite_in_bf16_channels_last(size):
+    # the composed and cropped convs meet 1x1-4x4 maps at P4/P5 of a 64 px face, where oneDNN's bf16 backward has
+    # produced NaN before (MassAtt); a batch as large as training's
+    m = LANMSFFBlock(16, 24).to(memory_format=torch.channels_last)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 16, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        y.float().square().mean().backward()
+        assert torch.isfinite(x.grad).all(), f"seed {seed}"
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters()), f"seed {seed}"
+        m.zero_grad()
 
 
 def test_lanmsff_head_modes():

@@ -14,7 +14,7 @@ from spayolo.errors import UsageError
 from spayolo.registry import register_layer
 
 __all__ = ("PaddedDWConv", "SEGate", "channel_shuffle", "channels_last", "classify_output", "depthwise_conv",
-           "in_layout_of", "keep_channels_last", "kernel_wider_than_map", "same_width")
+           "in_layout_of", "keep_channels_last", "same_width")
 
 
 def same_width(block: str, c1: int, c2: int | None) -> int:
@@ -98,20 +98,15 @@ class PaddedDWConv(DWConv):
         return depthwise_conv(self.conv, x)  # Ultralytics' fuse() swaps in a conv with the BN folded in
 
 
-def kernel_wider_than_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """True where ``conv``'s (dilated) kernel spans more than ``x``'s map in height or width."""
-    return any(n < d * (k - 1) + 1 for n, k, d in zip(x.shape[-2:], conv.kernel_size, conv.dilation))
-
-
 def depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for a depthwise ``conv``, fast where its kernel is wider than the map (see :class:`PaddedDWConv`).
 
     Same weights, same outputs: with gradients on, each channel's convolution becomes the (HW x HW) matrix of its
     kernel taps gathered from the weights; without, the padding is done first and the convolution runs unpadded.
     """
-    if not kernel_wider_than_map(conv, x):
-        return conv(x)
     size = (int(x.shape[-2]), int(x.shape[-1]))
+    if all(n >= d * (k - 1) + 1 for n, k, d in zip(size, conv.kernel_size, conv.dilation)):
+        return conv(x)
     if torch.is_grad_enabled() and conv.groups == conv.in_channels == conv.out_channels:
         index, ho, wo = _tap_index(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, x.device)
         taps = F.pad(conv.weight.flatten(1), (0, 1))  # (C, kh * kw + 1): the last tap is the padding's zero

@@ -7,6 +7,7 @@ classification head, and the separable conv of the authors' code (github AE-1129
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv
 
@@ -19,7 +20,6 @@ from .common import (
     classify_output,
     depthwise_conv,
     keep_channels_last,
-    kernel_wider_than_map,
     same_width,
 )
 
@@ -107,15 +107,45 @@ class PWFS(nn.Module):
         return (groups.amax(1) + groups.amin(1)) / 2
 
 
+def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:
+    """Stride-1 conv of ``x`` by an odd kernel, padded to keep the size, without the kernel rows and columns that only
+    ever read the padding: a dilation-2 3x3 kernel on a 2x2 map is the 1x1 conv of its centre tap.
+
+    The taps left out multiply zeros, so the output and every gradient are the full conv's (theirs are zero).
+    """
+    (kh, kw), (h, w) = weight.shape[-2:], x.shape[-2:]
+    rh, rw = min(kh // 2, (h - 1) // dilation[0]), min(kw // 2, (w - 1) // dilation[1])  # taps reaching the map
+    weight = weight[..., kh // 2 - rh : kh // 2 + rh + 1, kw // 2 - rw : kw // 2 + rw + 1]
+    return F.conv2d(x, weight, None, 1, (dilation[0] * rh, dilation[1] * rw), dilation)
+
+
+class SameConv(Conv):
+    """Ultralytics' ``Conv`` (stride 1, size-keeping padding) that trains through :func:`same_conv`.
+
+    Same weights, same outputs; a dilated kernel on a map narrower than its reach trains as the smaller kernel it is
+    (oneDNN's bf16 backward of a conv whose padding covers the map is slow).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():  # evaluation and export run the stock conv
+            return self.act(self.bn(same_conv(x, self.conv.weight, self.conv.dilation)))
+        return super().forward(x)
+
+
 @register_block("out")
 class SeparableConv(nn.Module):
     """Depthwise k x k then pointwise 1x1 conv, BN, activation: Keras' SeparableConv2D + BN as LANMSFF's code uses it.
 
     No activation between the depthwise and pointwise convs, unlike Ultralytics' ``DWConv`` + ``Conv``; the activation
     is Ultralytics' ``Conv.default_act`` (a YAML's ``activation:``), so the block follows the model like ``Conv`` does.
-    Same weights, same outputs, each computed where it trains fastest on a CPU: a kernel wider than the map goes
-    through :func:`~spayolo.nn.common.depthwise_conv`, and a dilated depthwise conv trains in fp32 under CPU autocast,
-    since oneDNN's bf16 depthwise backward with dilation takes many times its fp32 one (the weight gradient above all).
+
+    Same weights, same outputs; only training takes other paths, so evaluation and export run the two convs as they
+    are. Under CPU autocast (bf16) the block trains as the one dense conv it equals, kernel ``P[o, i] * D[i]``
+    (:func:`same_conv`): oneDNN's bf16 depthwise backward takes many times its forward (with dilation most of all, and
+    in channels_last from 32x32 maps its weight gradient comes out wrong), and the depthwise output is one more
+    full-size map to write and read back, while a dense bf16 conv runs on the CPU's matrix units, so the larger kernel
+    costs less. Other training goes through :func:`~spayolo.nn.common.depthwise_conv`, fast on maps narrower than
+    its kernel.
 
     Args:
         c1 (int): Input channels.
@@ -136,16 +166,18 @@ class SeparableConv(nn.Module):
         self.act = Conv.default_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.pointwise(self.spatial(x))))
+        dw = self.depthwise
+        if self.composes(x):
+            y = same_conv(x, self.pointwise.weight * dw.weight.transpose(0, 1), dw.dilation)
+        else:
+            y = self.pointwise(depthwise_conv(dw, x) if self.training else dw(x))
+        return self.act(self.bn(y))
 
-    def spatial(self, x: torch.Tensor) -> torch.Tensor:
-        """The depthwise conv, on its fastest path (class doc)."""
-        conv = self.depthwise
-        if (conv.dilation != (1, 1) and torch.is_grad_enabled() and x.device.type == "cpu"
-                and torch.is_autocast_enabled("cpu") and not kernel_wider_than_map(conv, x)):
-            with torch.autocast("cpu", enabled=False):
-                return conv(x.float())
-        return depthwise_conv(conv, x)
+    def composes(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` trains through the composed dense conv: training, gradients, CPU autocast, odd kernel."""
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        odd = all(k % 2 for k in self.depthwise.kernel_size)  # same_conv's size-keeping padding
+        return self.training and torch.is_grad_enabled() and cpu_autocast and odd
 
 
 @register_block("out")
@@ -178,7 +210,8 @@ class LANMSFFBlock(nn.Module):
     3x3 convs, then as 3x3 convs, each path keeping its dilation, so they exchange features at every step and cover
     receptive fields 3/5/7 and 5/9/13. MassAtt (eq. 3-4) weights the c2-channel result and a 1x1 conv mixes it.
     ``massatt=False`` is the paper's ablation without MassAtt (Table XII). The authors shuffle the channels by a random
-    permutation drawn once; a fixed two-group interleave is the same operation with a reproducible draw.
+    permutation drawn once; a fixed two-group interleave is the same operation with a reproducible draw. The dilated
+    path's plain convs are :class:`SameConv`, which skips the taps a small map's padding leaves idle.
 
     Args:
         c1 (int): Input channels, even (split into the two paths).
@@ -195,13 +228,15 @@ class LANMSFFBlock(nn.Module):
         if c1 % 2 or c2 % 2:
             raise UsageError(f"LANMSFFBlock splits its channels between two paths: c1={c1} and c2={c2} must be even")
         h1, h2 = c1 // 2, c2 // 2
-        self.split = nn.ModuleList((Conv(h1, h2, 3), Conv(h1, h2, 3, d=2)))
+        self.split = nn.ModuleList((Conv(h1, h2, 3), SameConv(h1, h2, 3, d=2)))
         self.separable = nn.ModuleList((SeparableConv(c2, h2, 3), SeparableConv(c2, h2, 3, d=2)))
-        self.full = nn.ModuleList((Conv(c2, h2, 3), Conv(c2, h2, 3, d=2)))
+        self.full = nn.ModuleList((Conv(c2, h2, 3), SameConv(c2, h2, 3, d=2)))
         self.attention = MassAtt(c2) if massatt else nn.Identity()
         self.project = Conv(c2, c2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # each path's gradient comes back as a channel slice of the concatenation's, on which the BN and activation
+        # backward fall off oneDNN's fast path: keep_channels_last hands them a whole channels_last copy instead
         halves = channel_shuffle(x, 2).chunk(2, 1)
         x = torch.cat([keep_channels_last(path(half)) for path, half in zip(self.split, halves)], 1)
         for paths in (self.separable, self.full):
