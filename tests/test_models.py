@@ -153,6 +153,25 @@ def test_lanmsff_paper_widths_kept_exactly(tmp_path):
         ClassificationModel(str(bad), verbose=False)
 
 
+@pytest.mark.parametrize("stem", ["lanmsff", "lanmsff-yolo-n"])
+def test_lanmsff_zoo_weights_load_into_todays_blocks(stem):
+    # the zoo's pickled models predate SameConv and the composed training path: their weights load into the model the
+    # YAML builds now, which answers as the pickled one does and trains with finite gradients in bf16 channels_last
+    from ultralytics import YOLO
+
+    pickled = YOLO(str(REPO / "weights" / "zoo" / f"{stem}-fer2013.pt")).model.float().eval()
+    model = build_model(f"{stem}.yaml")
+    model.load_state_dict(pickled.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x)[1], pickled(x)[1])
+    model.train().to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x.contiguous(memory_format=torch.channels_last))
+    torch.nn.functional.cross_entropy(logits.float(), torch.tensor([1, 5])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 # --- FERMam
 
 
