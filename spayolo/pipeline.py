@@ -63,6 +63,21 @@ def _require_above(name: str, value: float | None, low: float, strict: bool = Tr
         raise UsageError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
+def _limit_threads(threads: int | None, backend: str, cuda: bool) -> None:
+    """The pipeline's thread policy for the process-wide pools: OpenCV's (pyramid, crops) follows ``threads`` when it
+    is given; torch's, for the torch backend on a CPU, is ``threads`` or 1. Torch's pool of one thread per core stalls
+    as soon as another process takes a core (its threads wait for the one that lost it), where ONNX Runtime's, with
+    spinning off, degrades gracefully: the docs' benchmarks page has the measurements."""
+    if threads:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    if backend == "torch" and not cuda:
+        import torch
+
+        torch.set_num_threads(threads or 1)
+
+
 class FERPipeline:
     """Detect faces, cut eye-aligned square crops, classify every face of every frame in one call, track over time.
 
@@ -89,7 +104,9 @@ class FERPipeline:
             ('flip+zoom', the default, at twice flip's classifier cost); 'none' or False: the crop alone.
         trusted: load a .pt classifier (or YOLO face detector) without the restricted allow-list; this runs any code
             the file contains, so only for files you made or trust (see spayolo.checkpoints).
-        threads: ONNX Runtime's intra-op threads per model (None: one per core).
+        threads: threads per model: ONNX Runtime's intra-op threads (None: one per core, which held up best on a busy
+            machine as well), torch's with backend 'torch' on a CPU (None: 1, as torch's own pool stalls when another
+            process takes a core), and OpenCV's when given. Torch's and OpenCV's pools are process-wide.
         roi: region of interest (x1, y1, x2, y2): faces are looked for inside it only; in pixels, or in fractions of
             the frame when all four are <= 1. None: the whole frame.
     """
@@ -110,6 +127,7 @@ class FERPipeline:
             raise UsageError(f"half=True (--half) runs the classifier in FP16 on CUDA with backend='torch'; got "
                              f"device '{device}', backend '{backend}'")
         self.device, self.backend = str(device), backend
+        _limit_threads(threads and int(threads), backend, cuda)
         # first: a bad model fails before MTCNN loads
         self.classifier = load_classifier(model, backend, device, half, trusted, imgsz and int(imgsz), threads)
         self.detector: FaceDetector = build_detector(detector, device, min_face, backend, trusted, threads)

@@ -15,6 +15,9 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # no hub, font or AMP-check downloads in tests
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+# one torch (OpenMP) thread unless a test asks for more (the fast trainer takes the cores it is given): tiny inputs
+# gain nothing from a pool, and a pool of one thread per core stalls whenever CI or another process is busy
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted((REPO / "cfg" / "models").glob("*.yaml"))

@@ -492,3 +492,23 @@ def test_yolo_detector_honours_min_face_and_backend(tmp_path, monkeypatch):
     monkeypatch.setattr(det.model, "predict", lambda *a, **k: [_Result([[0, 0, 30, 30], [10, 10, 60, 90]])])
     found = det([np.zeros((100, 100, 3), np.uint8)])[0]
     np.testing.assert_array_equal(found.boxes, [[10, 10, 60, 90]])  # the 30 px face is below min_face
+
+
+def test_thread_policy(tiny_ckpt, detector):
+    """torch's pool, for the torch backend on a CPU, is one thread unless threads= says otherwise (a pool per core
+    stalls on a busy machine); OpenCV's and ONNX Runtime's follow threads= when it is given."""
+    import cv2
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        torch.set_num_threads(2)
+        FERPipeline(tiny_ckpt, detector=detector, backend="torch")
+        assert torch.get_num_threads() == 1
+        FERPipeline(tiny_ckpt, detector=detector, backend="torch", threads=3)
+        assert torch.get_num_threads() == 3 and cv2.getNumThreads() == 3
+        onnx = FERPipeline(tiny_ckpt, detector="mtcnn", threads=2)
+        assert onnx.classifier.model.session.get_session_options().intra_op_num_threads == 2
+        assert all(n.session.get_session_options().intra_op_num_threads == 2 for n in onnx.detector.model.nets.values())
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])

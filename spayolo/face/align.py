@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from spayolo.face.detectors import Detections
-from spayolo.face.warp import affine_crops
+from spayolo.face.warp import affine_crops, block_mean
 
 __all__ = ("LUMA", "aligned_crops", "eye_angles")
 
@@ -53,8 +53,7 @@ def aligned_crops(frame: np.ndarray, det: Detections, size: int, margin: float =
     cos, sin = np.cos(angle) * side / 2, np.sin(angle) * side / 2
     matrices = np.stack([np.stack([cos * a, -sin * a, centre[:, 0] - 0.5 + b * (cos - sin)], 1),
                          np.stack([sin * a, cos * a, centre[:, 1] - 0.5 + b * (sin + cos)], 1)], 1)
-    crops = affine_crops(region, matrices, size * k)
-    crops = crops.reshape(n, size, k, size, k, 3).mean((2, 4)) if k > 1 else crops
+    crops = block_mean(affine_crops(region, matrices, size * k), k)
     rgb = crops[..., ::-1] / 255  # BGR -> RGB
     if gray:
         rgb = np.repeat(rgb @ LUMA[:, None], 3, axis=-1)

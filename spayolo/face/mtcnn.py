@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from spayolo.face.warp import affine_crops
+from spayolo.face.warp import affine_crops, block_mean
 from spayolo.paths import packaged
 
 __all__ = ("MTCNN", "MTCNN_FILES", "nms", "onnx_nets", "pack_pyramid", "pyramid_scales")
@@ -60,12 +60,17 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
     """Greedy non-maximum suppression: indices of the kept boxes, best first.
 
     A box is dropped when its overlap with a better kept box of the same group exceeds ``threshold``; overlap is the
-    IoU, or with ``smaller`` the intersection over the smaller box (MTCNN's last stage: drops boxes nested in a face).
+    IoU (OpenCV's NMSBoxes, which PNet's hundreds of windows need), or with ``smaller`` the intersection over the
+    smaller box (MTCNN's last stage, a few boxes: drops boxes nested in a face).
     """
     if not len(boxes):
         return np.zeros(0, np.int64)
     if groups is not None:  # shift each group apart so that boxes of two groups never overlap
         boxes = boxes + (groups * (boxes.max() - boxes.min() + 1))[:, None].astype(boxes.dtype)
+    if not smaller:
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).astype(np.float64)
+        # scores shifted above NMSBoxes' score cut (it keeps scores above 0); the order, all it uses, is the same
+        return np.asarray(cv2.dnn.NMSBoxes(xywh, scores.astype(np.float32) + 1, 0.0, threshold), np.int64).ravel()
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     order, keep = np.argsort(-scores, kind="stable"), []
     while len(order):
@@ -73,8 +78,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
         keep.append(best)
         wh = np.minimum(boxes[best, 2:], boxes[rest, 2:]) - np.maximum(boxes[best, :2], boxes[rest, :2])
         inter = np.clip(wh, 0, None).prod(1)
-        union = np.minimum(area[best], area[rest]) if smaller else area[best] + area[rest] - inter
-        order = rest[inter / np.maximum(union, 1e-9) <= threshold]
+        order = rest[inter / np.maximum(np.minimum(area[best], area[rest]), 1e-9) <= threshold]
     return np.array(keep, np.int64)
 
 
@@ -176,7 +180,7 @@ class MTCNN:
                 matrices[:, 0, 0], matrices[:, 1, 1] = scale[:, 0], scale[:, 1]
                 matrices[:, :, 2] = b[:, :2] + scale / 2  # sample k sits at x1 + (k + 0.5) * scale
                 samples = affine_crops(image, matrices, 2 * size, cv2.BORDER_CONSTANT)
-                crops[mine] = samples.reshape(len(b), size, 2, size, 2, 3).mean((2, 4))
+                crops[mine] = block_mean(samples, 2)
         return crops.transpose(0, 3, 1, 2)
 
     def _stage2(self, x, boxes, idx):

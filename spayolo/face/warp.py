@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ("affine_crops",)
+__all__ = ("affine_crops", "block_mean")
 
 MAX_ROWS = 32000  # cv2.remap refuses maps of SHRT_MAX (32767) rows or more
 
@@ -25,3 +25,16 @@ def affine_crops(image: np.ndarray, matrices: np.ndarray, size: int, border: int
                             borderMode=border)
         out[start : start + per] = sampled.reshape(len(part), size, size, channels)
     return out
+
+
+def block_mean(images: np.ndarray, k: int) -> np.ndarray:
+    """(N, H, W, C) images shrunk k times by averaging each k x k block: a sum of k * k strided views, several times
+    faster than a mean over reshaped axes, which NumPy reduces element by element."""
+    if k == 1:
+        return images
+    total = images[:, ::k, ::k].astype(np.float32)
+    for dy in range(k):
+        for dx in range(k):
+            if dy or dx:
+                total += images[:, dy::k, dx::k]
+    return total / (k * k)
