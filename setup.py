@@ -64,7 +64,7 @@ RUNTIME = {
     "name": "spayolo-runtime",
     "description": "Facial expression recognition on ONNX Runtime, NumPy and OpenCV: spayolo's deployment install",
     "install_requires": ["numpy>=1.23", "opencv-python-headless>=4.8", "onnxruntime>=1.18"],
-    "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"],
+    "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"], "av": ["av>=14"],
                        "analyze": ["polars>=1", "matplotlib>=3.7"], "ray": ["ray>=2.9"]},
     "package_data": {"spayolo.assets": ["*.jpg"], "spayolo.weights": ["*.onnx"], "spayolo.weights.mtcnn": ["*.onnx"]},
 }
