@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .common import PaddedDWConv, SEGate, channel_shuffle, classify_output
 from .fermam import ASFR, ASR, SS2D, ConvSSM, cross_merge, cross_scan
-from .lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SeparableConv
+from .lanmsff import PWFS, LANMSFFBlock, LANMSFFConvBlock, LANMSFFHead, MassAtt, SameConv, SeparableConv
 from .msff import BFEU, FFM, MSFFModule
 from .scan import selective_scan, selective_scan_torch
 from .spam import FEP, GAM, HRM, SPAM, real_dft2
@@ -29,6 +29,7 @@ __all__ = (
     "PWFS",
     "PaddedDWConv",
     "SEGate",
+    "SameConv",
     "SeparableConv",
     "SPAM",
     "SS2D",

@@ -12,7 +12,7 @@ from torch import nn
 from ultralytics.nn.modules import Conv
 
 from spayolo.errors import UsageError
-from spayolo.registry import register_block
+from spayolo.registry import register_block, register_layer
 
 from .common import (
     SEGate,
@@ -23,7 +23,7 @@ from .common import (
     same_width,
 )
 
-__all__ = ("LANMSFFBlock", "LANMSFFConvBlock", "LANMSFFHead", "MassAtt", "PWFS", "SeparableConv")
+__all__ = ("LANMSFFBlock", "LANMSFFConvBlock", "LANMSFFHead", "MassAtt", "PWFS", "SameConv", "SeparableConv")
 
 
 @register_block("same")
@@ -119,6 +119,7 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, int]) 
     return F.conv2d(x, weight, None, 1, (dilation[0] * rh, dilation[1] * rw), dilation)
 
 
+@register_layer
 class SameConv(Conv):
     """Ultralytics' ``Conv`` (stride 1, size-keeping padding) that trains through :func:`same_conv`.
 
