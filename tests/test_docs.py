@@ -23,7 +23,8 @@ README_MAX_LINES = 200
 # a command as typed, after any `VAR=value`, `taskset -c N` or `timeout N` prefix: spayolo <command> ...,
 # python -m spayolo <command> ..., python tools/<command>.py ... (the tools named after a command wrap it)
 PREFIX = re.compile(r"^(?:\$ |[A-Z_]+=\S* +|taskset -c \S+ +|timeout \S+ +)*")
-INVOCATION = re.compile(r"^(?:python -m spayolo|spayolo) +([a-z][a-z-]*)(?![\w-])(.*)|^python tools/([a-z_]+)\.py\b(.*)")
+INVOCATION = re.compile(r"^(?:python -m spayolo|spayolo) +([a-z][a-z-]*)(?![\w-])(.*)"
+                        r"|^python tools/([a-z_]+)\.py\b(.*)")
 SEPARATOR = re.compile(r"&&|\|\||;|\|")
 FLAG = re.compile(r"(?<![\w-])\[?(--[a-z][a-z0-9-]*)")
 FENCE = re.compile(r"^\s*(```|~~~)")

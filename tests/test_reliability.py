@@ -22,7 +22,7 @@ import pytest
 
 from conftest import count_frames, package_file, run_cli, small_hopper, write_video
 from spayolo import cli
-from spayolo.apps import live as live_app
+from spayolo.apps import sinks
 from spayolo.apps.overlay import MAX_BARS, draw
 from spayolo.apps.progress import Progress
 from spayolo.pipeline import Face
@@ -110,7 +110,7 @@ def test_failed_writes_are_reported_without_root(tmp_path, capsys, monkeypatch):
     write_video(out, n=2)
     before = out.read_bytes()
     checks = iter([False] * 7 + [True] * 100)  # one check per output when it is chosen, then one per frame
-    monkeypatch.setattr(live_app, "_disk_full", lambda folder: next(checks))
+    monkeypatch.setattr(sinks, "disk_full", lambda folder: next(checks))
     assert live("--source", source, "--save", out, "--json", js, "--tta", "none") == 1
     captured = capsys.readouterr()
     assert f"error: --save {out}: the disk is full after 5 frames; the earlier {out} is kept" in captured.err
@@ -119,7 +119,7 @@ def test_failed_writes_are_reported_without_root(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
 
     real_fdopen = os.fdopen
-    monkeypatch.setattr(live_app.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), after=3))
+    monkeypatch.setattr(sinks.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), after=3))
     assert live("--source", source, "--save", "", "--json", js, "--tta", "none") == 1
     captured = capsys.readouterr()
     assert f"error: --json {js}: cannot be written (No space left on device) after 3 records" in captured.err
@@ -128,11 +128,11 @@ def test_failed_writes_are_reported_without_root(tmp_path, capsys, monkeypatch):
 
 def test_a_video_that_is_not_whole_is_not_moved_into_place(tmp_path, monkeypatch):
     out = tmp_path / "out.mp4"
-    sink = live_app.VideoSink(out, 10)
+    sink = sinks.VideoSink(out, 10)
     for _ in range(3):
         sink.write(small_hopper(160, 120))
-    monkeypatch.setattr(live_app.VideoSink, "_whole", lambda self: False)
-    with pytest.raises(live_app.OutputError, match="could not be finished"):
+    monkeypatch.setattr(sinks.VideoSink, "_whole", lambda self: False)
+    with pytest.raises(sinks.OutputError, match="could not be finished"):
         sink.close()
     assert not out.exists() and not partials(tmp_path)
 
@@ -142,8 +142,8 @@ def test_a_video_that_is_not_whole_is_not_moved_into_place(tmp_path, monkeypatch
 
 def test_two_runs_writing_one_output_each_write_their_own_file(tmp_path, capsys):
     js, video = tmp_path / "same.jsonl", tmp_path / "same.mp4"
-    first, second = live_app.JsonSink(js), live_app.JsonSink(js)
-    first_video, second_video = live_app.VideoSink(video, 10), live_app.VideoSink(video, 10)
+    first, second = sinks.JsonSink(js), sinks.JsonSink(js)
+    first_video, second_video = sinks.VideoSink(video, 10), sinks.VideoSink(video, 10)
     assert first.tmp != second.tmp and first_video.tmp != second_video.tmp
     for k in range(4):
         first.write({"run": 1, "frame": k})
@@ -161,7 +161,7 @@ def test_two_runs_writing_one_output_each_write_their_own_file(tmp_path, capsys)
 
 
 def test_outputs_get_the_mode_open_would_give(tmp_path):
-    sink = live_app.JsonSink(tmp_path / "out.jsonl")
+    sink = sinks.JsonSink(tmp_path / "out.jsonl")
     sink.write({"frame": 0})
     sink.close()
     umask = os.umask(0)

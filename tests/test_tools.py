@@ -40,8 +40,8 @@ from spayolo import cli
 from spayolo.apps import cam, prepare as prep
 from spayolo.apps.evaluate import evaluate, table
 from spayolo.apps.kfold import fold_roots, inner_split, load_candidates, parse_overrides, train_and_score
-from spayolo.apps.live import Stopped, StopSignals
 from spayolo.apps.overlay import COLOURS, draw
+from spayolo.apps.signals import Stopped, StopSignals
 from spayolo.checkpoints import training_state
 from spayolo.classifier import load_classifier
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
