@@ -19,7 +19,7 @@ from spayolo.paths import packaged
 from spayolo.runtime import OnnxModel
 
 __all__ = ("DEFAULT_MODELS", "EXPRESSIONS", "Ensemble", "OnnxClassifier", "expression_warning", "load_classifier",
-           "mean_over_views", "names_list", "probabilities")
+           "mean_over_views", "names_list", "probabilities", "shipped_names")
 
 # the shipped classifier, per backend: the same weights as a checkpoint and as their ONNX export
 DEFAULT_MODELS = {"onnx": packaged("weights", "spayolo-n-fer2013.onnx"),
@@ -145,10 +145,27 @@ def _torch_classifier(model, backend: str, device, half: bool, trusted: bool, im
     return classifier.to_onnx(threads) if backend == "onnx" else classifier
 
 
+def shipped_names() -> list[str]:
+    """The classifiers that ship with this install, by the name ``--model`` takes (``spayolo-n-fer2013``)."""
+    weights = packaged("weights")
+    return sorted({p.stem for p in (*weights.glob("*.onnx"), *weights.glob("*.pt"))})
+
+
+def _shipped(model: str | Path, backend: str) -> Path | None:
+    """A shipped classifier given by name: its .onnx for the ONNX backend, its .pt for torch where there is one."""
+    name = str(model)
+    if Path(name).exists() or Path(name).name != name or Path(name).suffix:
+        return None
+    found = [packaged("weights", f"{name}{suffix}") for suffix in ((".onnx", ".pt") if backend == "onnx" else
+                                                                    (".pt", ".onnx"))]
+    return next((p for p in found if p.is_file()), None)
+
+
 def load_classifier(model=None, backend: str = "onnx", device="cpu", half: bool = False, trusted: bool = False,
                     imgsz: int | None = None, threads: int | None = None):
-    """A classifier for FERPipeline: None (the shipped weights), a .onnx or .pt path, a YOLO object, an nn.Module,
-    or a list of those (an ensemble). ``imgsz`` is the input size of a single model that does not fix its own.
+    """A classifier for FERPipeline: None (the default), a .onnx or .pt path, the name of a shipped model
+    (``spayolo-n-fer2013``), a YOLO object, an nn.Module, or a list of those (an ensemble). ``imgsz`` is the input
+    size of a single model that does not fix its own.
 
     An .onnx runs on ONNX Runtime whatever the backend; anything else runs in PyTorch, or with backend 'onnx' is
     exported in memory and run on ONNX Runtime.
@@ -165,9 +182,10 @@ def load_classifier(model=None, backend: str = "onnx", device="cpu", half: bool 
         if not model.is_file():
             raise MissingFileError(f"default classifier weights not found: {model} (pass model= / --model)")
     if isinstance(model, (str, Path)):
-        path = Path(model)
+        path = _shipped(model, backend) or Path(model)
         if not path.is_file():
-            raise MissingFileError(f"classifier weights not found: {path} (--model)")
+            raise MissingFileError(f"classifier weights not found: {path} (--model; a shipped model by name: "
+                                   f"{', '.join(shipped_names()) or 'none in this install'})")
         if path.suffix.lower() == ".onnx":
             classifier = OnnxClassifier(path, device, threads=threads)
             if classifier.sizes is None:
@@ -175,6 +193,7 @@ def load_classifier(model=None, backend: str = "onnx", device="cpu", half: bool 
             elif imgsz:
                 classifier.check_size(imgsz)
             return classifier
+        model = path
     return _torch_classifier(model, backend, device, half, trusted, imgsz, threads)
 
 

@@ -181,6 +181,13 @@ def test_exported_classifier_and_wrong_inputs(tmp_path, tiny_ckpt, fer, monkeypa
         FERPipeline(detect, detector=fer.detector)
 
 
+def test_a_shipped_model_by_name_is_its_checkpoint_for_torch(detector):
+    from spayolo.classifier import DEFAULT_MODELS
+
+    assert FERPipeline("spayolo-n-fer2013", detector=detector, backend="torch").classifier.source == str(
+        DEFAULT_MODELS["torch"])
+
+
 def test_classifier_saved_by_yolo_save_is_accepted(tmp_path, detector):
     from ultralytics import YOLO
 

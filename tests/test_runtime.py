@@ -262,3 +262,14 @@ def test_live_on_a_photo_writes_video_and_records(tmp_path):
     assert record["file"] == "hopper.jpg" and len(record["faces"]) == 1
     assert set(record["faces"][0]["probs"]) == set(SHIPPED_NAMES) and (tmp_path / "out.mp4").stat().st_size > 0
     assert "UserWarning" not in out.stderr  # nothing is exported at run time
+
+
+def test_a_shipped_model_by_name(fer):
+    """--model spayolo-n-fer2013 is the shipped file, wherever the package is installed; an unknown name lists them."""
+    from spayolo.errors import MissingFileError
+
+    named = FERPipeline("spayolo-n-fer2013", detector=fer.detector)
+    assert named.classifier.source == str(DEFAULT_MODELS["onnx"])
+    np.testing.assert_array_equal(named(small_hopper())[0].probs, fer(small_hopper())[0].probs)
+    with pytest.raises(MissingFileError, match="nope.*by name: .*spayolo-n-fer2013"):
+        FERPipeline("nope", detector=fer.detector)
