@@ -67,6 +67,7 @@ RUNTIME = {
     "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"], "av": ["av>=14"],
                        "analyze": ["polars>=1", "matplotlib>=3.7"], "ray": ["ray>=2.9"]},
     "package_data": {"spayolo.assets": ["*.jpg"], "spayolo.weights": ["*.onnx"], "spayolo.weights.mtcnn": ["*.onnx"]},
+    "exclude_package_data": {"spayolo.weights": ["*.pt"]},  # setup.cfg's package data is merged in, not replaced
 }
 flavour = os.environ.get("SPAYOLO_DIST", "full")
 if flavour not in ("full", "runtime"):

@@ -1,7 +1,9 @@
-"""A plain (non-editable) wheel carries the autoload .pth at its root, every YAML under cfg/, and the weights."""
+"""Plain (non-editable) wheels: the full one carries the autoload .pth at its root, every YAML under cfg/, the
+weights, MTCNN's ONNX files and the demo photo; the runtime one the same ONNX files and photo, and no .pt."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -11,18 +13,36 @@ import pytest
 from conftest import REPO
 
 
+def _wheel(tmp_path, flavour: str) -> set[str]:
+    env = {**os.environ, "SPAYOLO_DIST": flavour}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
+                   check=True, capture_output=True, cwd=tmp_path, env=env)
+    (wheel,) = tmp_path.glob("spayolo*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
+
+
+RUNTIME_FILES = {f"spayolo/weights/mtcnn/{net}.onnx" for net in ("pnet", "rnet", "onet")} | {
+    "spayolo/assets/grace_hopper.jpg", "spayolo/weights/spayolo-n-fer2013.onnx"}
+
+
 @pytest.mark.slow
 def test_wheel_ships_autoload_and_yamls(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
-                   check=True, capture_output=True, cwd=tmp_path)
-    (wheel,) = tmp_path.glob("spayolo-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    names = _wheel(tmp_path, "full")
     assert "spayolo-autoload.pth" in names
     for kind in ("models", "datasets", "sweeps", "kfold"):
         for path in (REPO / "cfg" / kind).glob("*.yaml"):
             assert f"spayolo/cfg/{kind}/{path.name}" in names
-    for module in ("registry", "parser", "integration", "paths", "_autoload", "face/mtcnn"):
+    for module in ("registry", "parser", "integration", "paths", "_autoload", "face/mtcnn", "analysis/report"):
         assert f"spayolo/{module}.py" in names
     for path in (REPO / "weights").glob("*.*"):
         assert f"spayolo/weights/{path.name}" in names  # the pipeline's default classifier after `pip install .`
-    assert not [n for n in names if n.startswith("spayolo/weights/") and n.count("/") > 2]  # zoo, run records
+    assert RUNTIME_FILES <= names
+    assert not [n for n in names if n.startswith("spayolo/weights/") and n.count("/") > 2 and "/mtcnn/" not in n]
+
+
+@pytest.mark.slow
+def test_runtime_wheel_ships_the_onnx_pipeline_without_checkpoints(tmp_path):
+    names = _wheel(tmp_path, "runtime")
+    assert RUNTIME_FILES <= names and not [n for n in names if n.endswith(".pt")]
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert metadata.startswith("spayolo_runtime-")
