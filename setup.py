@@ -72,5 +72,6 @@ RUNTIME = {
 flavour = os.environ.get("SPAYOLO_DIST", "full")
 if flavour not in ("full", "runtime"):
     raise SystemExit(f"SPAYOLO_DIST={flavour!r}: build 'full' (spayolo, the default) or 'runtime' (spayolo-runtime)")
+# each flavour builds in a folder of its own: an in-tree build would otherwise pack the other's leftovers (the .pt)
 setup(cmdclass={"build_py": BuildWithAutoload, "editable_wheel": EditableWithAutoload},
-      **(RUNTIME if flavour == "runtime" else {}))
+      options={"build": {"build_base": f"build/{flavour}"}}, **(RUNTIME if flavour == "runtime" else {}))
