@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 
-from spayolo.errors import SpayoloError
+from spayolo.errors import MissingDependencyError, SpayoloError
 
 __all__ = ("COMMANDS", "main")
 
@@ -39,6 +39,10 @@ COMMANDS = {
     "benchmark": "spayolo.benchmark",
     "analyze": "spayolo.apps.analyze",
 }
+
+
+# what the full install adds to the runtime's NumPy, OpenCV and ONNX Runtime
+FULL_INSTALL = frozenset({"joblib", "lz4", "mtcnn", "onnx", "onnxslim", "torch", "torchvision", "ultralytics", "yaml"})
 
 
 def _usage() -> str:
@@ -59,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spayolo: unknown command {command!r}\n{_usage()}", file=sys.stderr)
         return 2
     try:
-        return int(importlib.import_module(COMMANDS[command]).main(rest) or 0)
+        try:
+            return int(importlib.import_module(COMMANDS[command]).main(rest) or 0)
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] not in FULL_INSTALL:
+                raise  # a module of spayolo's own or of the runtime's missing: a broken install, with its traceback
+            raise MissingDependencyError(f"this needs {error.name}, part of the full install, which this one (the "
+                                         f"runtime install) lacks: install spayolo itself (pip install -e '.[test]' "
+                                         f"in a checkout)") from error
     except SpayoloError as error:  # something the user gave; anything else is a bug and keeps its traceback
         if debug:
             traceback.print_exc()

@@ -273,3 +273,23 @@ def test_a_shipped_model_by_name(fer):
     np.testing.assert_array_equal(named(small_hopper())[0].probs, fer(small_hopper())[0].probs)
     with pytest.raises(MissingFileError, match="nope.*by name: .*spayolo-n-fer2013"):
         FERPipeline("nope", detector=fer.detector)
+
+
+def test_commands_of_the_full_install_say_so_in_one_line(monkeypatch, capsys):
+    """In the runtime install a training command meets a missing torch: one line naming it and exit 2; a missing
+    module of spayolo's own is a broken install and keeps its traceback."""
+    from spayolo import cli
+
+    def missing(name):
+        def load(module):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+        return load
+
+    monkeypatch.setattr(cli.importlib, "import_module", missing("torch"))
+    assert cli.main(["evaluate", "--data", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "spayolo evaluate: error: this needs torch, part of the full install" in err and "Traceback" not in err
+    monkeypatch.setattr(cli.importlib, "import_module", missing("spayolo.nowhere"))
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["evaluate", "--data", "x"])
