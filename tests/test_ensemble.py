@@ -75,7 +75,7 @@ def test_export_ensemble_command(members, tmp_path):
     assert out.returncode == 0 and "wrote e.onnx" in out.stdout, out.stderr
     assert OnnxClassifier(tmp_path / "e.onnx").sizes == (32, 48)
     for args, message in (([str(members[0]), str(members[1]), "--out", "e.pt"], "ending in .onnx"),
-                          ([str(members[0]), str(members[2]), "--out", str(members[2])], "is also a member"),
+                          ([str(members[0]), str(members[2]), "--out", str(members[2])], "is also an input"),
                           ([str(members[0]), str(members[1]), "--out", "no/such/e.onnx"], "no folder no/such")):
         out = run_cli(["spayolo", "export-ensemble", *args], cwd=tmp_path)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -51,8 +51,8 @@ def test_int8_model_is_standard_qdq_and_close_to_float(exported, tmp_path):
 def test_quantize_command_errors(exported, tmp_path):
     path, data = exported
     for args, message in ((["--model", str(tmp_path / "nope.onnx")], "nope.onnx: no such file"),
-                          (["--model", str(path), "--out", str(path)], "is the model itself"),
-                          (["--model", str(path), "--out", "x.pt"], "ONNX files"),
+                          (["--model", str(path), "--out", str(path)], "is also an input"),
+                          (["--model", str(path), "--out", "x.pt"], "ending in .onnx"),
                           (["--model", str(path), "--out", "no/such/x.onnx"], "no folder no/such")):
         args = args if "--out" in args else [*args, "--out", "x.onnx"]
         out = run_cli(["spayolo", "quantize", "--data", str(data), *args], cwd=tmp_path)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from pathlib import Path
 
 from spayolo.tta import TTA_MODES
 
-__all__ = ("add_checkpoint_args", "add_pipeline_args", "non_negative_float", "pipeline_kwargs", "positive_float",
-           "positive_int")
+__all__ = ("add_checkpoint_args", "add_pipeline_args", "non_negative_float", "onnx_output", "pipeline_kwargs",
+           "positive_float", "positive_int")
 
 
 def _number(kind: type, name: str, ok):
@@ -34,6 +35,20 @@ def _defaults() -> dict:
     from spayolo.pipeline import FERPipeline
 
     return {k: p.default for k, p in inspect.signature(FERPipeline).parameters.items()}
+
+
+def onnx_output(out: str, inputs: list[str]) -> Path:
+    """--out as the path of an ONNX file to write: named .onnx, in a folder that exists, none of the ``inputs``."""
+    from spayolo.errors import UsageError
+
+    path = Path(out)
+    if path.suffix.lower() != ".onnx":
+        raise UsageError(f"--out {path}: the result is an ONNX file, give a name ending in .onnx")
+    if any(Path(i).resolve() == path.resolve() for i in inputs):
+        raise UsageError(f"--out {path} is also an input: choose another output path")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: no folder {path.parent}")
+    return path
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spayolo.apps.args import positive_int
+from spayolo.apps.args import onnx_output, positive_int
 
 __all__ = ("main",)
 
@@ -33,16 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="calibration images drawn from the split (default: %(default)s)")
     parser.add_argument("--out", required=True, help="the INT8 model's .onnx file")
     args = parser.parse_args(argv)
-    model, out = Path(args.model), Path(args.out)
+    model = Path(args.model)
     if not model.is_file():
         raise MissingFileError(f"--model {model}: no such file")
-    if model.suffix.lower() != ".onnx" or out.suffix.lower() != ".onnx":
-        raise UsageError("--model and --out are ONNX files (.onnx); export a .pt first (yolo export format=onnx "
-                         "dynamic=True)")
-    if out.resolve() == model.resolve():
-        raise UsageError(f"--out {out} is the model itself: choose another output path")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: no folder {out.parent}")
+    if model.suffix.lower() != ".onnx":
+        raise UsageError(f"--model {model}: quantize an ONNX file (yolo export ... format=onnx dynamic=True)")
+    out = onnx_output(args.out, [args.model])
     folder = split_folder(args.data, args.split)
     print(f"wrote {quantize(model, folder, out, args.images)}")
     return 0
