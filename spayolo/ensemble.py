@@ -96,12 +96,8 @@ def export_ensemble(models: list[str | Path], out: str | Path, trusted: bool = F
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     out = Path(out)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(model.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as work:
+        whole = Path(work) / out.name  # made by open(), so it gets a new file's usual mode (mkstemp's is private)
+        whole.write_bytes(model.SerializeToString())
+        os.replace(whole, out)
     return out

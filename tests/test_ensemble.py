@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -74,6 +76,9 @@ def test_export_ensemble_command(members, tmp_path):
     out = run_cli(["spayolo", "export-ensemble", str(members[0]), str(members[2]), "--out", "e.onnx"], cwd=tmp_path)
     assert out.returncode == 0 and "wrote e.onnx" in out.stdout, out.stderr
     assert OnnxClassifier(tmp_path / "e.onnx").sizes == (32, 48)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "e.onnx").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any new file, not private
     for args, message in (([str(members[0]), str(members[1]), "--out", "e.pt"], "ending in .onnx"),
                           ([str(members[0]), str(members[2]), "--out", str(members[2])], "is also an input"),
                           ([str(members[0]), str(members[1]), "--out", "no/such/e.onnx"], "no folder no/such")):
