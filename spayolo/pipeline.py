@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spayolo.classifier import DEFAULT_MODELS, load_classifier
+from spayolo.classifier import load_classifier
 from spayolo.errors import MissingFileError, UsageError
 from spayolo.face.align import aligned_crops
 from spayolo.face.detectors import Detections, FaceDetector, RegionDetector, build_detector, given_boxes
@@ -25,9 +25,7 @@ from spayolo.sources import URI_SCHEMES, FrameSource, image_from_uri, open_sourc
 from spayolo.track import FaceTracker
 from spayolo.tta import DEFAULT_TTA, tta_mode, view_fractions
 
-__all__ = ("DEFAULT_MODEL", "FERPipeline", "Face")
-
-DEFAULT_MODEL = DEFAULT_MODELS["torch"]  # the shipped checkpoint; its ONNX export is the ONNX backend's default
+__all__ = ("FERPipeline", "Face")
 
 
 @dataclass
@@ -83,11 +81,12 @@ class FERPipeline:
 
     Args:
         model: classifier: a .onnx or .pt path, an Ultralytics YOLO object, a ClassificationModel or an nn.Module, or
-            a list of them (an ensemble: probabilities averaged, each model fed crops at its own input size); None
-            loads the shipped weights (weights/spayolo-n-fer2013.onnx, or the .pt with backend 'torch').
+            a list of them (an ensemble: probabilities averaged, each model fed crops at its own input size), or a
+            shipped model by name ('spayolo-n-fer2013', the fastest); None: the shipped default ensemble
+            (spayolo.classifier.DEFAULT_ENSEMBLE: its .onnx files, or its .pt files with backend 'torch').
         detector: 'mtcnn', a YOLO/YuNet face model path, or a FaceDetector instance.
         device: 'cpu', 'cuda', 'cuda:0', ...; with backend 'torch' a device this machine lacks is refused.
-        imgsz: classifier input size; default from the checkpoint's training args or the ONNX export, else 64.
+        imgsz: input size of a single classifier; default from its training args or its ONNX export, else 64.
         margin: fraction of the face box side added around it before cropping (>= 0).
         track: IoU tracking with probability smoothing; None = on for stream(), off for __call__.
         gray: feed grayscale replicated to 3 channels (the classifier was trained on grayscale FER images).

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, identity_images
+from conftest import REPO, TINY, identity_images
 from spayolo.engine.distill import load_teacher, teacher_probabilities
 from spayolo.engine.loss import DistillationLoss, SmoothCrossEntropy
 from spayolo.engine.ramdata import RamImages, RamLoader
@@ -81,20 +81,21 @@ def fer_folder(tmp_path_factory):
 @pytest.mark.slow
 def test_teacher_probabilities_are_what_the_flip_tta_validator_scores(fer_folder):
     from spayolo.apps.evaluate import evaluate
-    from spayolo.pipeline import DEFAULT_MODEL
+    from spayolo.classifier import FAST_MODEL
 
-    teacher = teacher_probabilities([(str(DEFAULT_MODEL), None)], fer_folder / "val")
+    model = REPO / "weights" / f"{FAST_MODEL}.pt"
+    teacher = teacher_probabilities([(str(model), None)], fer_folder / "val")
     assert teacher["split"] == "val" and teacher["names"][3] == "happy"
     assert teacher["files"][0] == "angry/val_0.jpg" and teacher["labels"].tolist() == [k // 2 for k in range(14)]
     torch.testing.assert_close(teacher["probs"].sum(1), torch.ones(14))
     predicted = teacher["probs"].argmax(1)
     confusion = torch.zeros(7, 7, dtype=torch.long).index_put_((teacher["labels"], predicted), torch.tensor(1),
                                                                accumulate=True)
-    assert confusion.tolist() == evaluate(str(DEFAULT_MODEL), str(fer_folder), tta=True)["confusion"]
+    assert confusion.tolist() == evaluate(str(model), str(fer_folder), tta=True)["confusion"]
     assert len(set(predicted.tolist())) > 1  # a classifier that answers one class everywhere would prove nothing
-    small = teacher_probabilities([(str(DEFAULT_MODEL), 48)], fer_folder / "val")
-    both = teacher_probabilities([(str(DEFAULT_MODEL), None), (str(DEFAULT_MODEL), 48)], fer_folder / "val")
-    assert both["models"] == [str(DEFAULT_MODEL), f"{DEFAULT_MODEL}:48"]
+    small = teacher_probabilities([(str(model), 48)], fer_folder / "val")
+    both = teacher_probabilities([(str(model), None), (str(model), 48)], fer_folder / "val")
+    assert both["models"] == [str(model), f"{model}:48"]
     torch.testing.assert_close(both["probs"], (teacher["probs"] + small["probs"]) / 2)
     assert not torch.allclose(small["probs"], teacher["probs"])
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import REPO, input_sensitive, package_file, run_cli, write_image_folder, yolo_cli
-from spayolo.pipeline import DEFAULT_MODEL
+from spayolo.classifier import FAST_MODEL
 
 YAMLS = sorted(p.stem for p in (REPO / "cfg" / "models").glob("*.yaml"))
 UNSCALED = {"lanmsff", "msff"}  # the papers' own networks, one size each
-SHIPPED = (REPO / "weights" / DEFAULT_MODEL.name).with_suffix("")  # the default classifier, .pt and .onnx
+SHIPPED = REPO / "weights" / FAST_MODEL  # the fast shipped classifier, .pt and .onnx
 
 
 def onnx_probs(path, x: np.ndarray) -> np.ndarray:

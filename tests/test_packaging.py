@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from conftest import REPO
+from spayolo.classifier import DEFAULT_ENSEMBLE
 
 
 def _wheel(tmp_path, flavour: str) -> set[str]:
@@ -22,7 +23,7 @@ def _wheel(tmp_path, flavour: str) -> set[str]:
 
 
 RUNTIME_FILES = {f"spayolo/weights/mtcnn/{net}.onnx" for net in ("pnet", "rnet", "onet")} | {
-    "spayolo/assets/grace_hopper.jpg", "spayolo/weights/spayolo-n-fer2013.onnx"}
+    f"spayolo/weights/{name}.onnx" for name in DEFAULT_ENSEMBLE} | {"spayolo/assets/grace_hopper.jpg"}
 
 
 @pytest.mark.slow

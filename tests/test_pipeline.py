@@ -182,10 +182,11 @@ def test_exported_classifier_and_wrong_inputs(tmp_path, tiny_ckpt, fer, monkeypa
 
 
 def test_a_shipped_model_by_name_is_its_checkpoint_for_torch(detector):
-    from spayolo.classifier import DEFAULT_MODELS
+    from spayolo.classifier import FAST_MODEL
+    from spayolo.paths import packaged
 
-    assert FERPipeline("spayolo-n-fer2013", detector=detector, backend="torch").classifier.source == str(
-        DEFAULT_MODELS["torch"])
+    assert FERPipeline(FAST_MODEL, detector=detector, backend="torch").classifier.source == str(
+        packaged("weights", f"{FAST_MODEL}.pt"))
 
 
 def test_classifier_saved_by_yolo_save_is_accepted(tmp_path, detector):

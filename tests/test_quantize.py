@@ -7,8 +7,9 @@ import onnx
 import pytest
 
 from conftest import run_cli, small_hopper
-from spayolo.classifier import DEFAULT_MODELS, OnnxClassifier
+from spayolo.classifier import FAST_MODEL, OnnxClassifier
 from spayolo.engine.scoring import folder_probabilities
+from spayolo.paths import packaged
 from spayolo.quantize import quantize
 
 NAMES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # the shipped model's, sorted
@@ -29,7 +30,7 @@ def exported(tmp_path_factory):
                 x, y, side = rng.integers(30, 70), rng.integers(70, 110), rng.integers(150, 200)
                 face = cv2.resize(portrait[y : y + side, x : x + side], (48, 48), interpolation=cv2.INTER_AREA)
                 cv2.imwrite(str(root / split / name / f"{i}.png"), np.clip(face * rng.uniform(0.6, 1.3), 0, 255))
-    return DEFAULT_MODELS["onnx"], root
+    return packaged("weights", f"{FAST_MODEL}.onnx"), root
 
 
 def test_int8_model_is_standard_qdq_and_close_to_float(exported, tmp_path):

@@ -19,11 +19,11 @@ import yaml
 
 from conftest import REPO, build_model, run_cli
 from spayolo import registry
+from spayolo.classifier import FAST_MODEL
 from spayolo.parser import ModelConfigError
-from spayolo.pipeline import DEFAULT_MODEL
 
 PACKAGE = REPO / "spayolo"
-WEIGHTS = REPO / "weights" / DEFAULT_MODEL.name
+WEIGHTS = REPO / "weights" / f"{FAST_MODEL}.pt"
 
 
 def module_name(path: Path) -> str:

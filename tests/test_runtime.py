@@ -9,21 +9,31 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import PHOTOS, package_file, run_cli, small_hopper
-from spayolo.classifier import DEFAULT_MODELS, OnnxClassifier, mean_over_views, probabilities
+from spayolo.classifier import (
+    DEFAULT_ENSEMBLE,
+    DEFAULT_MODELS,
+    FAST_MODEL,
+    OnnxClassifier,
+    mean_over_views,
+    probabilities,
+)
 from spayolo.face.align import LUMA, aligned_crops
 from spayolo.face.detectors import Detections, MTCNNDetector
 from spayolo.face.mtcnn import nms
+from spayolo.paths import packaged
 from spayolo.pipeline import FERPipeline
 from spayolo.sources import open_source, read_image
 from spayolo.track import FaceTracker, box_iou
 
 SHIPPED_NAMES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # FER2013's folders, sorted
+FAST = packaged("weights", f"{FAST_MODEL}.onnx")
 
 
 def _photos() -> dict:
@@ -196,8 +206,9 @@ def test_views_and_mirrors_are_averaged():
     np.testing.assert_allclose(mean_over_views(run, [views], mirror=True), both, rtol=1e-6)
 
 
-def test_shipped_onnx_classifier():
-    classifier = OnnxClassifier(DEFAULT_MODELS["onnx"])
+@pytest.mark.parametrize("name", DEFAULT_ENSEMBLE)
+def test_shipped_onnx_classifier(name):
+    classifier = OnnxClassifier(packaged("weights", f"{name}.onnx"))
     assert classifier.names == SHIPPED_NAMES and classifier.sizes == (64,)
     crops = aligned_crops(small_hopper(), MTCNNDetector()([small_hopper()])[0], 64)
     probs = classifier({64: crops[None]})
@@ -238,9 +249,18 @@ def test_default_pipeline_on_a_photo(fer):
 
 
 def test_an_ensemble_of_one_model_twice_is_that_model(fer):
-    twice = FERPipeline([DEFAULT_MODELS["onnx"], DEFAULT_MODELS["onnx"]], detector=fer.detector)
+    twice, once = (FERPipeline(model, detector=fer.detector) for model in ([FAST, FAST], FAST))
     img = small_hopper()
-    np.testing.assert_allclose(twice(img)[0].probs, fer(img)[0].probs, atol=1e-6)
+    np.testing.assert_allclose(twice(img)[0].probs, once(img)[0].probs, atol=1e-6)
+
+
+def test_the_default_averages_the_shipped_ensemble(fer):
+    """FERPipeline() runs DEFAULT_ENSEMBLE's ONNX files: the mean of what each member says alone, which differ."""
+    assert [Path(m.source) for m in fer.classifier.members] == list(DEFAULT_MODELS["onnx"])
+    img = small_hopper()
+    alone = [FERPipeline(name, detector=fer.detector)(img)[0].probs for name in DEFAULT_ENSEMBLE]
+    assert np.abs(alone[0] - alone[1]).max() > 1e-3
+    np.testing.assert_allclose(fer(img)[0].probs, np.mean(alone, 0), atol=1e-6)
 
 
 def test_image_with_a_file_name_that_is_not_utf8(tmp_path, fer):
@@ -268,9 +288,9 @@ def test_a_shipped_model_by_name(fer):
     """--model spayolo-n-fer2013 is the shipped file, wherever the package is installed; an unknown name lists them."""
     from spayolo.errors import MissingFileError
 
-    named = FERPipeline("spayolo-n-fer2013", detector=fer.detector)
-    assert named.classifier.source == str(DEFAULT_MODELS["onnx"])
-    np.testing.assert_array_equal(named(small_hopper())[0].probs, fer(small_hopper())[0].probs)
+    named = FERPipeline(FAST_MODEL, detector=fer.detector)
+    assert named.classifier.source == str(FAST)
+    np.testing.assert_array_equal(named(small_hopper())[0].probs, FERPipeline(FAST)(small_hopper())[0].probs)
     with pytest.raises(MissingFileError, match="nope.*by name: .*spayolo-n-fer2013"):
         FERPipeline("nope", detector=fer.detector)
 

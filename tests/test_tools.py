@@ -704,6 +704,7 @@ def test_evaluate_per_class_matches_confusion(two_class, capsys):
         assert report["per_class"][name] == pytest.approx(confusion[i, i] / 3)
     assert report["top1"] == pytest.approx(np.trace(confusion) / 6, abs=1e-3)
     assert "| **all (top-1)** | 6 |" in table(report)
+    assert table(report).splitlines()[0] == f"tiny.pt, TTA none: {data} val"
     assert cli.main(["evaluate", "--model", str(data / "nope.pt"), "--data", str(data)]) == 2
     assert "nope.pt" in capsys.readouterr().err
 

@@ -61,8 +61,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     """The FERPipeline arguments, each defaulting to the value FERPipeline itself uses."""
     d = _defaults()
     parser.add_argument("--model", nargs="+", default=d["model"],
-                        help="classifier .onnx/.pt, or several: an ensemble averaging their probabilities (default: "
-                             "the shipped weights)")
+                        help="classifier .onnx/.pt or a shipped one by name, or several: an ensemble averaging their "
+                             "probabilities (default: the shipped ensemble; spayolo-n-fer2013 alone is the fast one)")
     parser.add_argument("--detector", default=d["detector"], help="mtcnn, a YOLO face .pt/.onnx or a *yunet*.onnx")
     parser.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N")
     parser.add_argument("--backend", choices=("torch", "onnx"), default=d["backend"],

@@ -56,15 +56,17 @@ def evaluate(model, data: str, imgsz: int | None = None, split: str = "val", bat
     classifier = load_classifier(model, "onnx" if model is None else "torch", device or "cpu", trusted=trusted,
                                  imgsz=imgsz)
     scored = folder_probabilities(classifier, folder, tta, batch)
-    sizes = list(classifier.sizes)
-    return {"model": [str(m) for m in model] if isinstance(model, (list, tuple)) else str(classifier.source),
+    sizes, members = list(classifier.sizes), getattr(classifier, "members", [classifier])
+    return {"model": [str(m.source) for m in members] if len(members) > 1 else str(classifier.source),
             "data": str(data), "split": split, "imgsz": sizes[0] if len(sizes) == 1 else sizes, "tta": tta_mode(tta),
             **accuracies(scored["probs"], scored["labels"], scored["names"])}
 
 
 def table(report: dict) -> str:
-    """A Markdown table of the report, one row per class, then the totals."""
-    rows = ["| class | images | accuracy |", "| --- | ---: | ---: |"]
+    """A Markdown table of the report, one row per class, then the totals, under a line saying what was scored."""
+    models = report["model"] if isinstance(report["model"], list) else [report["model"]]
+    rows = [f"{' + '.join(Path(m).name for m in models)}, TTA {report['tta']}: {report['data']} {report['split']}",
+            "", "| class | images | accuracy |", "| --- | ---: | ---: |"]
     for name, acc in report["per_class"].items():
         rows.append(f"| {name} | {report['support'][name]} | {'-' if acc is None else f'{100 * acc:.1f} %'} |")
     rows.append(f"| **all (top-1)** | {report['images']} | **{100 * report['top1']:.2f} %** |")
