@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import _autoload  # registers with Ultralytics now or as soon as its parser is imported
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ("FERPipeline", "__version__", "register")
 
 
