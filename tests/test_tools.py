@@ -339,8 +339,17 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C's Python default in this process while a test runs: pytest started in the background (`&`, nohup) has
+    SIGINT ignored, which StopSignals rightly keeps, and a test of Ctrl-C would then test nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Stopped)])
-def test_a_stop_while_a_frame_is_written_waits_for_both_outputs(signum, stop):
+def test_a_stop_while_a_frame_is_written_waits_for_both_outputs(signum, stop, sigint_raises):
     written = []
     with StopSignals() as signals:
         with pytest.raises(stop):
