@@ -25,7 +25,7 @@ __all__ = ("DEFAULT_ENSEMBLE", "DEFAULT_MODELS", "EXPRESSIONS", "FAST_MODEL", "E
 # most accurate that keeps one face at 60 % of the frame rate spayolo-n alone had); the fast single model is one flag
 # away
 FAST_MODEL = "spayolo-n-fer2013"
-DEFAULT_ENSEMBLE = ("spayolo-s-fer2013", "yolov8s-cls-fer2013")
+DEFAULT_ENSEMBLE = ("spayolo-n-fer2013", "spayolo-s-fer2013")
 # per backend: the ONNX exports, or the checkpoints they were exported from
 DEFAULT_MODELS = {"onnx": tuple(packaged("weights", f"{name}.onnx") for name in DEFAULT_ENSEMBLE),
                   "torch": tuple(packaged("weights", f"{name}.pt") for name in DEFAULT_ENSEMBLE)}
