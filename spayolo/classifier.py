@@ -21,8 +21,8 @@ from spayolo.runtime import OnnxModel
 __all__ = ("DEFAULT_ENSEMBLE", "DEFAULT_MODELS", "EXPRESSIONS", "FAST_MODEL", "Ensemble", "OnnxClassifier",
            "expression_warning", "load_classifier", "mean_over_views", "names_list", "probabilities", "shipped_names")
 
-# shipped classifiers by the name --model takes: the default is the ensemble that docs/results.md's table chose (the
-# most accurate that keeps one face at 60 % of the frame rate spayolo-n alone had); the fast single model is one flag
+# shipped classifiers by the name --model takes: the default is the pair docs/results.md's table chose (within 0.2
+# points of its most accurate row, faster, and inside the runtime install's size); the fast single model is one flag
 # away
 FAST_MODEL = "spayolo-n-fer2013"
 DEFAULT_ENSEMBLE = ("spayolo-n-fer2013", "spayolo-s-fer2013")
