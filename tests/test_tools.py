@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import inspect
 import json
 import os
@@ -768,6 +769,29 @@ def test_scoring_feeds_every_view_of_every_image(tmp_path, mode):
         np.testing.assert_allclose(views[32][1, 0], zoomed.numpy(), atol=1e-6)
         from_copy = F.interpolate(torch.from_numpy(views[32][0, :1]), size=36, mode="bilinear")[0, :, 2:34, 2:34]
         assert (from_copy - zoomed).abs().mean() > 0.01
+
+
+def test_tta_views_probe_cuts_the_scorers_views_and_flush_shifts(tmp_path):
+    """benchmarks/tta_views.py: its centred views are the ones `spayolo evaluate` scores, a shifted view touches the
+    edges its label names, and its mirror is what the classifier is fed."""
+    spec = importlib.util.spec_from_file_location("tta_views", REPO / "benchmarks" / "tta_views.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    data = write_image_folder(tmp_path / "faces", per_class=1, size=64)
+    recorder = _Recorder()
+    folder_probabilities(recorder, data / "val", "flip+zoom", batch=8)
+    (views, _), = recorder.calls
+    images = [Image.open(data / "val" / c / "val_0.jpg").convert("RGB") for c in ("happy", "sad")]
+    for k, view in enumerate(probe.PIPELINE):
+        np.testing.assert_allclose(probe.view_batch(images, 32, *view), views[32][k], atol=1e-6)
+    resized = classify_transforms(36)(images[0]).numpy()
+    np.testing.assert_allclose(probe.view_batch(images, 32, 8 / 9, 1, -1)[0], resized[:, 4:, :32], atol=1e-6)
+    assert probe.label((8 / 9, 1, -1)) == "0.889 bottom-left" and probe.label((1.0, 0, 0)) == "1"
+    recorder = _Recorder()
+    probs = probe.view_probabilities(recorder, images)
+    assert probs.shape == (len(probe.VIEWS), 2, 2, 2)
+    mirrored = recorder.calls[1][0][32][0]
+    np.testing.assert_array_equal(mirrored, probe.view_batch(images, 32, *probe.VIEWS[0])[..., ::-1])
 
 
 def test_scoring_refuses_a_model_of_other_classes(tmp_path):
