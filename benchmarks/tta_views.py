@@ -48,14 +48,16 @@ def view_batch(images: list, size: int, fraction: float, dy: int, dx: int) -> np
 
 
 def view_probabilities(model: OnnxClassifier, images: list, batch: int = 256) -> np.ndarray:
-    """(V, 2, N, classes): every view of VIEWS, as cut and as mirrored."""
+    """(V, 2, N, classes): every view of VIEWS, as cut and mirrored."""
     size = model.sizes[0]
+
+    def scored(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([model({size: x[k:k + batch][None]}) for k in range(0, len(x), batch)])
+
     out = []
     for view in VIEWS:
         x = view_batch(images, size, *view)
-        out.append([np.concatenate([model({size: np.ascontiguousarray(x[k:k + batch, ..., ::-1] if m else
-                                                                      x[k:k + batch])[None]})
-                                    for k in range(0, len(x), batch)]) for m in (0, 1)])
+        out.append([scored(x), scored(np.ascontiguousarray(x[..., ::-1]))])
     return np.array(out)
 
 
