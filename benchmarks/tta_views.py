@@ -18,8 +18,7 @@ from itertools import product
 
 import numpy as np
 
-from spayolo.classifier import OnnxClassifier
-from spayolo.paths import packaged
+from spayolo.classifier import DEFAULT_MODELS, OnnxClassifier
 from spayolo.tta import ZOOM_FRACTION
 
 CENTRED = [(f, 0, 0) for f in (1.0, 0.94, ZOOM_FRACTION, 0.85, 0.8, 0.75)]
@@ -70,8 +69,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="prepared split: one sub-folder of images per class")
-    parser.add_argument("--model", nargs="+", default=[str(packaged("weights", f"spayolo-{s}-fer2013.onnx"))
-                                                       for s in "ns"], help="ONNX classifiers averaged")
+    parser.add_argument("--model", nargs="+", default=[str(m) for m in DEFAULT_MODELS["onnx"]],
+                        help="ONNX classifiers averaged (default: the pipeline's)")
     args = parser.parse_args()
     samples, names = folder_samples(args.folder)
     images = [Image.fromarray(cv2.cvtColor(ClassificationDataset.imread(f), cv2.COLOR_BGR2RGB)) for f, _ in samples]
@@ -83,7 +82,8 @@ def main() -> None:
         return 100 * found["top1"], 100 * found["mean_class_accuracy"]
 
     def row(label: str, views: list) -> None:
-        print(f"| {label} | {len(views) * 2} | {score(views)[0]:.2f} % | {score(views)[1]:.2f} % |")
+        top1, per_class = score(views)
+        print(f"| {label} | {len(views) * 2} | {top1:.2f} % | {per_class:.2f} % |")
 
     print("| views (each with its mirror) | views | top-1 | mean per class |\n| --- | ---: | ---: | ---: |")
     row("the face alone (`flip`)", PIPELINE[:1])
