@@ -13,6 +13,7 @@ round to round, and the table gives the median over the rounds: a small shared C
 
 from __future__ import annotations
 
+import collections
 import itertools
 import multiprocessing
 import statistics
@@ -98,10 +99,15 @@ def configurations(backends, models, detect_every, threads, loads) -> list[dict]
     rows = []
     for backend, model, every, count, load in itertools.product(backends, models, detect_every, threads, loads):
         members = model.split("+") if model else None
+        name = "+".join(Path(m).name for m in members) if members else "default"
         rows.append({"backend": backend, "model": members if members and len(members) > 1 else model,
                      "detect_every": every, "threads": count, "load": load,
-                     "label": f"{backend:<6} {Path(model).name if model else 'default':<28} every {every} "
-                              f"threads {count or 'auto':<4} load {load}"})
+                     "label": f"{backend:<6} {name:<28} every {every} threads {count or 'auto':<4} load {load}"})
+    # files of one name in two folders would share a label, and their measurements a row: number them
+    seen = collections.Counter(r["label"] for r in rows)
+    for i, row in enumerate(rows):
+        if seen[row["label"]] > 1:
+            row["label"] = f"{row['label']} #{i + 1}"
     return rows
 
 
@@ -125,12 +131,13 @@ def pipeline_benchmark(backends=("torch", "onnx"), models=(None,), detect_every=
     table = []
     print(f"pipeline: device={device} frames=640x480 x{frames}, rounds={rounds} (median), cores="
           f"{len(_cores())}")
-    print(f"{'configuration':<66}{'faces':>6}{'found':>7}{'FPS':>8}{'detect ms':>11}{'crop ms':>9}"
+    width = max(66, *(len(r["label"]) + 2 for r in rows))
+    print(f"{'configuration':<{width}}{'faces':>6}{'found':>7}{'FPS':>8}{'detect ms':>11}{'crop ms':>9}"
           f"{'classify ms':>13}{'ms/face':>9}")
     for (label, n), measured in runs.items():
         median = {k: statistics.median(m[k] for m in measured) for k in measured[0]}
         table.append({"configuration": label, "clip_faces": n, **median})
-        print(f"{label:<66}{n:>6}{median['faces']:>7.1f}{median['fps']:>8.1f}{median['detect']:>11.1f}"
+        print(f"{label:<{width}}{n:>6}{median['faces']:>7.1f}{median['fps']:>8.1f}{median['detect']:>11.1f}"
               f"{median['crop']:>9.1f}{median['classify']:>13.1f}{median['classify'] / max(median['faces'], 1):>9.2f}")
     return table
 

@@ -83,6 +83,14 @@ def test_pipeline_configurations_cover_every_combination():
     assert {r["load"] for r in rows} == {0, 2} and {r["threads"] for r in rows} == {None, 1}
 
 
+def test_pipeline_labels_name_every_member_and_never_merge_two_configurations():
+    from spayolo.pipeline_benchmark import configurations
+
+    models = ["w/s.onnx", "w/n.onnx+w/s.onnx", "runs/s.onnx"]
+    labels = [r["label"] for r in configurations(["onnx"], models, [5], [None], [0])]
+    assert "n.onnx+s.onnx" in labels[1] and len(set(labels)) == 3
+
+
 def test_busy_load_runs_and_stops_its_processes():
     from spayolo.pipeline_benchmark import busy_load
 
