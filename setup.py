@@ -13,6 +13,7 @@ The two are alternatives: install one or the other into an environment.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -27,6 +28,8 @@ class BuildWithAutoload(build_py):
     """Regular wheels: copy the .pth next to the top-level packages."""
 
     def run(self):
+        # the build folder outlives a build: a file the package data no longer names would otherwise ship from it
+        shutil.rmtree(Path(self.build_lib) / "spayolo", ignore_errors=True)
         super().run()
         self.copy_file(str(PTH_SOURCE), str(Path(self.build_lib) / PTH), preserve_mode=0)
 
