@@ -6,7 +6,8 @@ children, checkpoint reloads) register spayolo with Ultralytics without a user-s
 
 ``SPAYOLO_DIST=runtime pip install .`` builds ``spayolo-runtime`` from the same sources, as opencv-python builds its
 headless twin: the ``spayolo`` package with only what ``FERPipeline(backend="onnx")`` and ``spayolo live`` need
-(NumPy, OpenCV without GUI libraries, ONNX Runtime), no torch, torchvision or Ultralytics, and no .pt weights;
+(NumPy, OpenCV without GUI libraries, ONNX Runtime), no torch, torchvision or Ultralytics, and of the weights only
+the .onnx files of the default ensemble, the fast model and MTCNN;
 ``spayolo analyze`` there needs its ``analyze`` extra (polars, matplotlib and what they pull in: 262 MB that a
 deployment need not carry).
 The two are alternatives: install one or the other into an environment.
@@ -70,7 +71,9 @@ RUNTIME = {
     "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"], "av": ["av>=14"],
                        "analyze": ["polars>=1", "matplotlib>=3.7"], "ray": ["ray>=2.9"]},
     "package_data": {"spayolo.assets": ["*.jpg"], "spayolo.weights": ["*.onnx"], "spayolo.weights.mtcnn": ["*.onnx"]},
-    "exclude_package_data": {"spayolo.weights": ["*.pt"]},  # setup.cfg's package data is merged in, not replaced
+    # setup.cfg's package data is merged in, not replaced; spayolo-s in fp32 is no member of the default (its INT8 file
+    # is) and would add 23 MB to a deployment
+    "exclude_package_data": {"spayolo.weights": ["*.pt", "spayolo-s-fer2013.onnx"]},
 }
 flavour = os.environ.get("SPAYOLO_DIST", "full")
 if flavour not in ("full", "runtime"):

@@ -83,7 +83,7 @@ class FERPipeline:
         model: classifier: a .onnx or .pt path, an Ultralytics YOLO object, a ClassificationModel or an nn.Module, or
             a list of them (an ensemble: probabilities averaged, each model fed crops at its own input size), or a
             shipped model by name ('spayolo-n-fer2013', the fastest); None: the shipped default ensemble
-            (spayolo.classifier.DEFAULT_ENSEMBLE: its .onnx files, or its .pt files with backend 'torch').
+            (spayolo.classifier.DEFAULT_ENSEMBLE: its INT8 .onnx files, or its .pt files with backend 'torch').
         detector: 'mtcnn', a YOLO/YuNet face model path, or a FaceDetector instance.
         device: 'cpu', 'cuda', 'cuda:0', ...; with backend 'torch' a device this machine lacks is refused.
         imgsz: input size of a single classifier; default from its training args or its ONNX export, else 64.

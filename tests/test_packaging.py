@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from conftest import REPO
-from spayolo.classifier import DEFAULT_ENSEMBLE
+from spayolo.classifier import DEFAULT_MODELS, FAST_MODEL
 
 
 def _wheel(tmp_path, flavour: str) -> set[str]:
@@ -22,8 +22,9 @@ def _wheel(tmp_path, flavour: str) -> set[str]:
     return set(zipfile.ZipFile(wheel).namelist())
 
 
-RUNTIME_FILES = {f"spayolo/weights/mtcnn/{net}.onnx" for net in ("pnet", "rnet", "onet")} | {
-    f"spayolo/weights/{name}.onnx" for name in DEFAULT_ENSEMBLE} | {"spayolo/assets/grace_hopper.jpg"}
+CLASSIFIERS = {f"spayolo/weights/{FAST_MODEL}.onnx"} | {f"spayolo/weights/{m.name}" for m in DEFAULT_MODELS["onnx"]}
+RUNTIME_FILES = {f"spayolo/weights/mtcnn/{net}.onnx" for net in ("pnet", "rnet", "onet")} | CLASSIFIERS | {
+    "spayolo/assets/grace_hopper.jpg"}
 
 
 @pytest.mark.slow
@@ -45,5 +46,8 @@ def test_wheel_ships_autoload_and_yamls(tmp_path):
 def test_runtime_wheel_ships_the_onnx_pipeline_without_checkpoints(tmp_path):
     names = _wheel(tmp_path, "runtime")
     assert RUNTIME_FILES <= names and not [n for n in names if n.endswith(".pt")]
+    # of the classifiers, only what FERPipeline() and --model spayolo-n-fer2013 run: a deployment carries no other
+    assert {n for n in names if n.startswith("spayolo/weights/") and "/mtcnn/" not in n and n.endswith(".onnx")} == \
+        CLASSIFIERS
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     assert metadata.startswith("spayolo_runtime-")
