@@ -14,15 +14,14 @@ from pathlib import Path
 
 __all__ = ("export_ensemble", "member_graph")
 
-OPSET = 17
+OPSET = 17  # of .pt members exported here; the ensemble takes the newest opset among its members
 
 
 def _onnx_member(path: Path):
-    """A member .onnx: its graph (at OPSET), input size and class names; refused unless it has a dynamic batch."""
+    """A member .onnx: its graph, input size and class names; refused unless it has a dynamic batch."""
     import ast
 
     import onnx
-    from onnx import version_converter
 
     from spayolo.classifier import names_list
     from spayolo.errors import CheckpointError
@@ -37,10 +36,27 @@ def _onnx_member(path: Path):
     size = ast.literal_eval(meta["imgsz"])[0] if "imgsz" in meta else dims[2].dim_value
     if not size:
         raise CheckpointError(f"{path} says neither its input size (metadata imgsz) nor a fixed one in its shape")
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset != OPSET:
-        model = version_converter.convert_version(model, OPSET)
     return model, int(size), names_list(meta["names"]) if "names" in meta else None
+
+
+def _opset(model) -> int:
+    """The default-domain opset a model imports."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _at_opset(model, opset: int, source):
+    """``model`` converted up to ``opset`` (converting down lacks adapters for operators such as Split-18)."""
+    from onnx import version_converter
+
+    from spayolo.errors import CheckpointError
+
+    if _opset(model) == opset:
+        return model
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:  # the converter raises bare RuntimeErrors naming its C++ source
+        raise CheckpointError(f"{source}: ONNX cannot convert its opset {_opset(model)} to the ensemble's {opset} "
+                              f"({str(e).splitlines()[0][-120:]}); export it at opset {opset}") from e
 
 
 def member_graph(model: str | Path, trusted: bool = False):
@@ -71,6 +87,8 @@ def export_ensemble(models: list[str | Path], out: str | Path, trusted: bool = F
     if len(models) < 2:
         raise UsageError("an ensemble needs at least two models")
     members = [member_graph(m, trusted) for m in models]
+    opset = max(_opset(member) for member, _, _ in members)
+    members = [(_at_opset(member, opset, m), size, n) for m, (member, size, n) in zip(models, members)]
     names = [n for _, _, n in members]
     if any(n != names[0] for n in names):
         listed = "; ".join(f"{m}: {n}" for m, n in zip(models, names))
@@ -88,7 +106,7 @@ def export_ensemble(models: list[str | Path], out: str | Path, trusted: bool = F
     inputs = [helper.make_tensor_value_info(f"images_{s}", onnx.TensorProto.FLOAT, ["batch", 3, s, s]) for s in sizes]
     output = helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["batch", len(names[0] or [])])
     graph = helper.make_graph(nodes, "spayolo_ensemble", inputs, [output], initializers, value_info=value_info)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="spayolo")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="spayolo")
     meta = {"task": "classify", "imgsz": str(sizes), "members": str([str(m) for m in models]),
             "description": f"spayolo ensemble of {len(models)} classifiers, probabilities averaged"}
     if names[0]:

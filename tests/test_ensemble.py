@@ -58,6 +58,20 @@ def test_the_ensemble_file_answers_as_its_members_averaged(members, tmp_path):
     np.testing.assert_allclose(one_file(img)[0].probs, np.mean(each, 0), atol=1e-4)
 
 
+def test_the_shipped_int8_default_joins_one_file_beside_an_older_opset(tmp_path):
+    """The default's INT8 files import opset 18 with Split-18, which ONNX cannot convert down to a .pt member's 17:
+    the ensemble takes the newest opset and converts the others up."""
+    from spayolo.classifier import DEFAULT_MODELS
+
+    models = [*DEFAULT_MODELS["onnx"], _checkpoint(tmp_path / "sorted.pt", 32, 4, names=sorted(FER_NAMES))]
+    opsets = [onnx.load(m).opset_import[0].version for m in DEFAULT_MODELS["onnx"]]
+    out = export_ensemble(models, tmp_path / "default.onnx")
+    assert [o.version for o in onnx.load(out).opset_import] == [max(opsets)] and max(opsets) > 17
+    detector, img = MTCNNDetector(), small_hopper()
+    np.testing.assert_allclose(FERPipeline(out, detector=detector)(img)[0].probs,
+                               FERPipeline(models, detector=detector)(img)[0].probs, atol=1e-4)
+
+
 def test_members_that_cannot_join_are_named(members, tmp_path):
     from ultralytics import YOLO
 
