@@ -71,8 +71,8 @@ RUNTIME = {
     "extras_require": {"gpu": ["onnxruntime-gpu>=1.18"], "test": ["pytest>=8"], "av": ["av>=14"],
                        "analyze": ["polars>=1", "matplotlib>=3.7"], "ray": ["ray>=2.9"]},
     "package_data": {"spayolo.assets": ["*.jpg"], "spayolo.weights": ["*.onnx"], "spayolo.weights.mtcnn": ["*.onnx"]},
-    # setup.cfg's package data is merged in, not replaced; spayolo-s in fp32 is no member of the default (its INT8 file
-    # is) and would add 23 MB to a deployment
+    # setup.cfg's package data is merged in, not replaced; spayolo-s is no member of the default, and its fp32 file
+    # would add 23 MB to a deployment
     "exclude_package_data": {"spayolo.weights": ["*.pt", "spayolo-s-fer2013.onnx"]},
 }
 flavour = os.environ.get("SPAYOLO_DIST", "full")
