@@ -21,8 +21,9 @@ from spayolo.runtime import OnnxModel
 __all__ = ("DEFAULT_ENSEMBLE", "DEFAULT_MODELS", "EXPRESSIONS", "FAST_MODEL", "Ensemble", "OnnxClassifier",
            "expression_warning", "load_classifier", "mean_over_views", "names_list", "probabilities", "shipped_names")
 
-# shipped classifiers by the name --model takes: the default is the most accurate row of docs/results.md's table that
-# keeps one face at 60 % of the frame rate of the single model before ensembles; the fast single model is one flag away
+# shipped classifiers by the name --model takes: the default is the most accurate row of docs/results.md's table (a tie
+# in top-1 goes to mean per-class accuracy and speed) that keeps one face at 60 % of the frame rate of the single model
+# before ensembles; the fast single model is one flag away
 FAST_MODEL = "spayolo-n-fer2013"
 DEFAULT_ENSEMBLE = ("msff-yolo-n-fer2013", "yolov8s-cls-fer2013", "yolov8s-cls-seed1-fer2013")
 # per backend: the members quantized to INT8 (spayolo quantize; as accurate as fp32, and faster), or the checkpoints

@@ -54,7 +54,7 @@ def _at_opset(model, opset: int, source):
         return model
     try:
         return version_converter.convert_version(model, opset)
-    except Exception as e:  # the converter raises bare RuntimeErrors naming its C++ source
+    except RuntimeError as e:  # the converter's message names its C++ source first
         raise CheckpointError(f"{source}: ONNX cannot convert its opset {_opset(model)} to the ensemble's {opset} "
                               f"({str(e).splitlines()[0][-120:]}); export it at opset {opset}") from e
 
