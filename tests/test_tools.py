@@ -46,7 +46,7 @@ from spayolo.apps.signals import Stopped, StopSignals
 from spayolo.checkpoints import training_state
 from spayolo.classifier import load_classifier
 from spayolo.data import DATASETS_CFG_DIR, DatasetNotPreparedError, resolve_dataset
-from spayolo.engine.scoring import folder_probabilities
+from spayolo.engine.scoring import folder_probabilities, folder_samples
 from spayolo.errors import MissingFileError, SpayoloError, UsageError
 from spayolo.pipeline import Face, FERPipeline
 from spayolo.tta import view_fractions
@@ -792,6 +792,39 @@ def test_tta_views_probe_cuts_the_scorers_views_and_flush_shifts(tmp_path):
     assert probs.shape == (len(probe.VIEWS), 2, 2, 2)
     mirrored = recorder.calls[1][0][32][0]
     np.testing.assert_array_equal(mirrored, probe.view_batch(images, 32, *probe.VIEWS[0])[..., ::-1])
+
+
+def test_members_probe_scores_an_ensemble_as_evaluate_does_and_caches_each_member(two_class, tmp_path, monkeypatch):
+    """benchmarks/members.py: an ensemble's row is the mean of its members' probabilities, which is what `spayolo
+    evaluate --model a b` scores; a cached classifier is not run again, and other views are not read from its cache."""
+    from ultralytics.nn.tasks import ClassificationModel
+
+    spec = importlib.util.spec_from_file_location("members", REPO / "benchmarks" / "members.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    data, ckpt = two_class
+    torch.manual_seed(1)
+    model = input_sensitive(ClassificationModel("spayolo-n.yaml", nc=2, verbose=False), imgsz=32, seed=1)
+    model.names = {0: "happy", 1: "sad"}
+    second = tmp_path / "second.pt"
+    torch.save({"model": model, "train_args": {"imgsz": 32, "task": "classify"}}, second)
+    folder, cache, members = str(data / "val"), tmp_path / "cache", [str(ckpt), str(second)]
+    probs = {m: probe.member_probabilities(m, folder, "flip", cache) for m in members}
+    assert np.abs(probs[members[0]] - probs[members[1]]).max() > 1e-3  # two classifiers that disagree
+    together = folder_probabilities(load_classifier(members, "torch"), folder, "flip", batch=2)["probs"]
+    np.testing.assert_allclose(np.mean(list(probs.values()), 0), together, atol=1e-6)
+
+    samples, names = folder_samples(folder)
+    rows = probe.ranked(probs, np.array([c for _, c in samples]), names, (1, 2))
+    assert sorted(len(r[2]) for r in rows) == [1, 1, 2] and rows == sorted(rows, key=lambda r: r[:2], reverse=True)
+    report = evaluate(members, str(data), batch=2, device="cpu", tta="flip")
+    assert next(r[:2] for r in rows if len(r[2]) == 2) == (report["top1"], report["mean_class_accuracy"])
+
+    monkeypatch.setattr("spayolo.engine.scoring.folder_probabilities", lambda *a, **k: pytest.fail("ran again"))
+    np.testing.assert_array_equal(probe.member_probabilities(members[0], folder, "flip", cache), probs[members[0]])
+    with pytest.raises(pytest.fail.Exception, match="ran again"):
+        probe.member_probabilities(members[0], folder, "none", cache)
+    assert len(list(cache.glob("*.npy"))) == 2 and not list(cache.glob("*.partial"))
 
 
 def test_scoring_refuses_a_model_of_other_classes(tmp_path):
