@@ -187,7 +187,8 @@ def benchmark_training(args) -> None:
     names = []
     for name in args.models:
         names += [n for n in (stock_twin(name), name) if n and n not in names]
-    from spayolo.engine.trainer import cpu_has_native_bf16, usable_cores
+    from spayolo.engine.trainer import cpu_has_native_bf16
+    from spayolo.runtime import usable_cores
 
     epoch_images = train_images(args.data)
     runs = {(name, label): [] for name in names for label in TRAIN_PATHS}

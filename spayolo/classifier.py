@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from spayolo.errors import CheckpointError, MissingDependencyError, MissingFileError, UsageError
 from spayolo.paths import packaged
-from spayolo.runtime import OnnxModel
+from spayolo.runtime import OnnxModel, cuda_index, ensemble_threads
 
 __all__ = ("DEFAULT_ENSEMBLE", "DEFAULT_MODELS", "EXPRESSIONS", "FAST_MODEL", "Ensemble", "OnnxClassifier",
            "expression_warning", "load_classifier", "mean_over_views", "names_list", "probabilities", "shipped_names")
@@ -126,18 +127,29 @@ class OnnxClassifier:
 
 
 class Ensemble:
-    """Classifiers whose probabilities are averaged, each fed the views at its own input size; same class names."""
+    """Classifiers whose probabilities are averaged, each fed the views at its own input size; same class names.
+    ``together`` members run at once on a thread pool (ONNX Runtime and NumPy release the GIL), the rest wait."""
 
-    def __init__(self, members: list):
+    def __init__(self, members: list, together: int = 1):
         names = [m.names for m in members]
         if any(n != names[0] for n in names):
             listed = "; ".join(f"{m.source}: {n}" for m, n in zip(members, names))
             raise UsageError(f"the models of an ensemble must have the same classes in the same order: {listed}")
         self.members, self.names, self.source = members, names[0], " + ".join(str(m.source) for m in members)
         self.sizes = tuple(sorted({s for m in members for s in m.sizes}))
+        self.pool = ThreadPoolExecutor(together, "spayolo-ensemble") if together > 1 else None
 
     def __call__(self, views: dict[int, np.ndarray], mirror: bool = False) -> np.ndarray:
-        return np.mean([m(views, mirror) for m in self.members], 0)
+        run = self.pool.map if self.pool else map
+        return np.mean(list(run(lambda member: member(views, mirror), self.members)), 0)
+
+
+def _is_onnx(model, backend: str) -> bool:
+    """Whether ``model`` (a path, a shipped name or an object) runs on ONNX Runtime with ``backend``."""
+    if backend == "onnx":
+        return True
+    path = _shipped(model, backend) if isinstance(model, (str, Path)) else None
+    return (path or Path(str(model))).suffix.lower() == ".onnx"
 
 
 def _torch_classifier(model, backend: str, device, half: bool, trusted: bool, imgsz: int | None, threads: int | None):
@@ -188,8 +200,11 @@ def load_classifier(model=None, backend: str = "onnx", device="cpu", half: bool 
         if imgsz:
             raise UsageError(f"imgsz (--imgsz) sets the size of one model; an ensemble's members run at their own "
                              f"(the default is an ensemble: --model {FAST_MODEL} runs one model)")
-        members = [load_classifier(m, backend, device, half, trusted, None, threads) for m in model]
-        return members[0] if len(members) == 1 else Ensemble(members)
+        together, each = 1, threads
+        if all(_is_onnx(m, backend) for m in model) and cuda_index(device) is None:
+            together, each = ensemble_threads(len(model), threads)  # a GPU runs one model at a time anyway
+        members = [load_classifier(m, backend, device, half, trusted, None, each) for m in model]
+        return members[0] if len(members) == 1 else Ensemble(members, together)
     if isinstance(model, (str, Path)):
         path = _shipped(model, backend) or Path(model)
         if not path.is_file():

@@ -104,8 +104,9 @@ class FERPipeline:
         trusted: load a .pt classifier (or YOLO face detector) without the restricted allow-list; this runs any code
             the file contains, so only for files you made or trust (see spayolo.checkpoints).
         threads: threads per model: ONNX Runtime's intra-op threads (None: one per core, which held up best on a busy
-            machine as well), torch's with backend 'torch' on a CPU (None: 1, as torch's own pool stalls when another
-            process takes a core), and OpenCV's when given. Torch's and OpenCV's pools are process-wide.
+            machine as well; an ensemble on a CPU then runs one member per core at once, the cores shared out among
+            them), torch's with backend 'torch' on a CPU (None: 1, as torch's own pool stalls when another process
+            takes a core), and OpenCV's when given. Torch's and OpenCV's pools are process-wide.
         roi: region of interest (x1, y1, x2, y2): faces are looked for inside it only; in pixels, or in fractions of
             the frame when all four are <= 1. None: the whole frame.
     """

@@ -6,6 +6,7 @@ Runtime, NumPy and OpenCV alone, in the full install and in the torch-free runti
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from spayolo.errors import CheckpointError, MissingDependencyError, UsageError
 
-__all__ = ("OnnxModel", "cuda_index", "onnx_providers", "onnx_session")
+__all__ = ("OnnxModel", "cuda_index", "ensemble_threads", "onnx_providers", "onnx_session", "usable_cores")
 
 
 def cuda_index(device) -> int | None:
@@ -24,6 +25,22 @@ def cuda_index(device) -> int | None:
     if not match:
         raise UsageError(f"device {device!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N' (--device)")
     return None if text == "cpu" else int(match[1] or 0)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as taskset sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def ensemble_threads(members: int, threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """(members run at once, intra-op threads of each) for an ensemble on a CPU. Given ``threads``, one member at a
+    time on that many; else one member per core at once, the cores shared out among them: a face's few views are too
+    small a batch for one model to keep two threads busy, two members side by side on one thread each are not."""
+    if threads:
+        return 1, threads
+    cores = cores or usable_cores()
+    together = max(1, min(members, cores))
+    return together, max(1, cores // together)
 
 
 def _onnxruntime():

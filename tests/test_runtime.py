@@ -265,6 +265,25 @@ def test_the_default_averages_the_shipped_ensemble(fer):
     np.testing.assert_allclose(fer(img)[0].probs, np.mean(alone, 0), atol=1e-6)
 
 
+def test_an_ensemble_runs_its_members_side_by_side_on_a_cpu(monkeypatch):
+    """Without threads, a CPU ensemble runs one member per core at once (the cores shared out among them) and says
+    what its members say one after another; given threads, or on a GPU, one member at a time."""
+    from spayolo import runtime
+    from spayolo.classifier import load_classifier
+
+    assert runtime.ensemble_threads(3, cores=2) == (2, 1) and runtime.ensemble_threads(3, cores=16) == (3, 5)
+    assert runtime.ensemble_threads(1, cores=2) == (1, 2) and runtime.ensemble_threads(3, 4, cores=16) == (1, 4)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    models = list(DEFAULT_MODELS["onnx"])
+    side_by_side, in_turn = load_classifier(models), load_classifier(models, threads=2)
+    assert side_by_side.pool._max_workers == 2 and in_turn.pool is None
+    threads = [m.model.session.get_session_options().intra_op_num_threads for m in side_by_side.members]
+    assert threads == [1] * len(models)
+    assert load_classifier(models, device="cuda").pool is None
+    views = {64: np.random.default_rng(0).random((2, 3, 3, 64, 64), np.float32)}
+    np.testing.assert_allclose(side_by_side(views, mirror=True), in_turn(views, mirror=True), atol=1e-5)
+
+
 def test_image_with_a_file_name_that_is_not_utf8(tmp_path, fer):
     """Linux allows any bytes in a name; OpenCV's own reader crashed on this one (segmentation fault)."""
     name = os.fsdecode(b"caf\xe9.jpg")

@@ -20,8 +20,9 @@ from pathlib import Path
 from spayolo.analysis.files import finished, write_folder
 from spayolo.analysis.job import RECORD_SUFFIXES, VIDEO_SUFFIXES, analyze_file
 from spayolo.errors import MissingFileError, SpayoloError, UsageError
+from spayolo.runtime import usable_cores
 
-__all__ = ("Job", "cores", "expand", "plan", "report_name", "run", "write_index")
+__all__ = ("Job", "expand", "plan", "report_name", "run", "write_index")
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,6 @@ class Job:
 
     path: Path
     folder: Path
-
-
-def cores() -> int:
-    """The CPU cores this process may run on (its affinity, as taskset sets it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def expand(source: str) -> tuple[list[Path], bool]:
@@ -123,9 +119,9 @@ def run(jobs: list[Job], settings: dict, workers: int | None = None, ray: str | 
     """Analyse the jobs and write each report as it comes; locally on ``workers`` processes (default: one per core),
     or as Ray tasks when ``ray`` is an address, or True for a local Ray instance. ``options`` go to analyze_file.
     Returns the jobs that failed with a user error (an unreadable video, ...), and the error."""
-    workers = max(1, min(workers or cores(), len(jobs)))
+    workers = max(1, min(workers or usable_cores(), len(jobs)))
     if not settings.get("threads"):  # a core per recording, not every core for every recording
-        settings = {**settings, "threads": 1 if ray else max(1, cores() // workers)}
+        settings = {**settings, "threads": 1 if ray else max(1, usable_cores() // workers)}
     outcomes = (_ray(jobs, settings, None if ray is True else ray, **options) if ray
                 else _local(jobs, settings, workers, **options))
     failed = []

@@ -80,7 +80,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                         help="video: full detection every n-th frame, tracked faces re-located in between "
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=d["threads"],
-                        help="ONNX Runtime threads per model (default: one per core)")
+                        help="ONNX Runtime threads per model (default: one per core, and an ensemble runs one "
+                             "member per core at once)")
     parser.add_argument("--tta", choices=TTA_MODES, default=d["tta"],
                         help="test-time augmentation: average each face's probabilities over its crop and mirror image "
                              "(flip), and a zoomed-in crop and its mirror (flip+zoom) (default: %(default)s)")

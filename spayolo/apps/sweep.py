@@ -75,7 +75,7 @@ def score(folder: Path, trusted: bool) -> dict:
     from spayolo.apps.evaluate import evaluate
     from spayolo.benchmark import measure_torch
     from spayolo.checkpoints import load_yolo
-    from spayolo.engine.trainer import usable_cores
+    from spayolo.runtime import usable_cores
 
     best = folder / "weights" / "best.pt"
     args = yaml.safe_load((folder / "args.yaml").read_text())

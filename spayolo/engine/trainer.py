@@ -34,7 +34,6 @@ accumulation spans the stop, i.e. ``batch >= nbs``: the stock loop keeps its acc
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 from copy import copy
 from pathlib import Path
@@ -50,6 +49,7 @@ from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_m
 
 from spayolo.errors import MissingFileError, UsageError
 from spayolo.nn.common import channels_last, keep_channels_last
+from spayolo.runtime import usable_cores
 
 from .augment import BatchAugment, mix_batch
 from .classify import FERValidator, classifier_imgsz_rule
@@ -59,7 +59,7 @@ from .ramdata import RamImages, RamLoader, shared_cache_prefix
 from .transfer import align_head
 
 __all__ = ("STATE_FILE", "FERTrainer", "cpu_has_native_bf16", "keep_freed_memory",
-           "keep_pool_gradients_channels_last", "pointwise_convs_as_matmul", "usable_cores")
+           "keep_pool_gradients_channels_last", "pointwise_convs_as_matmul")
 
 STATE_FILE = "last.state.pt"
 
@@ -67,11 +67,6 @@ STATE_FILE = "last.state.pt"
 def cpu_has_native_bf16() -> bool:
     """True where bf16 matmuls and convolutions run natively (AVX512-BF16 or AMX), not emulated far below fp32."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # glibc's mallopt() parameters (malloc.h)
