@@ -17,6 +17,7 @@ from spayolo.face.detectors import MTCNNDetector, YOLOFaceDetector, YuNetDetecto
 from spayolo.face.mtcnn import onnx_nets
 from spayolo.face.mtcnn_torch import PNet, export_onnx, load_nets
 from spayolo.pipeline import FERPipeline
+from spayolo.runtime import usable_cores
 from spayolo.sources import SourceError, StreamError
 from spayolo.track import box_iou
 from spayolo.tta import DEFAULT_TTA, ZOOM_FRACTION
@@ -293,6 +294,8 @@ def test_an_ensemble_averages_its_members_each_at_its_own_size(detector, backend
     assert [m.sizes for m in members] == [(IMGSZ,), (48,)]
     ensemble = FERPipeline([small, large], detector=detector, backend=backend)
     assert ensemble.sizes == (IMGSZ, 48) and ensemble.names == ["c0", "c1", "c2"]
+    # members side by side on ONNX Runtime's threads; torch's process-wide pool is not shared out
+    assert (ensemble.classifier.pool is not None) == (backend == "onnx" and usable_cores() > 1)
     each = [m(img)[0].probs for m in members]
     assert np.abs(each[0] - each[1]).max() > 1e-3
     np.testing.assert_allclose(ensemble(img)[0].probs, np.mean(each, 0), atol=1e-6)
