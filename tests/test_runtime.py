@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -282,6 +283,33 @@ def test_an_ensemble_runs_its_members_side_by_side_on_a_cpu(monkeypatch):
     assert load_classifier(models, device="cuda").pool is None
     views = {64: np.random.default_rng(0).random((2, 3, 3, 64, 64), np.float32)}
     np.testing.assert_allclose(side_by_side(views, mirror=True), in_turn(views, mirror=True), atol=1e-5)
+
+
+def test_an_ensemble_starts_the_member_slowest_on_the_last_call_first():
+    """Three members on two threads: the slowest of the last call starts at once, the fastest waits for a thread."""
+    from spayolo.classifier import Ensemble
+
+    started = []
+
+    class Member:
+        names, sizes = ["a", "b"], (8,)
+
+        def __init__(self, source: str, delay: float):
+            self.source, self.delay = source, delay
+
+        def __call__(self, views, mirror=False):
+            started.append(self.source)
+            time.sleep(self.delay)
+            return np.array([[self.delay, 1 - self.delay]])
+
+    members = [Member("middle", 0.03), Member("fast", 0.001), Member("slow", 0.1)]
+    ensemble = Ensemble(members, together=2)
+    first = ensemble({8: np.zeros((1, 1, 3, 8, 8), np.float32)})
+    assert started[2] == "slow" and ensemble.seconds[2] > ensemble.seconds[0] > ensemble.seconds[1]
+    second = ensemble({8: np.zeros((1, 1, 3, 8, 8), np.float32)})
+    assert set(started[3:5]) == {"slow", "middle"} and started[5] == "fast"
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(second, [[0.131 / 3, 1 - 0.131 / 3]])
 
 
 def test_image_with_a_file_name_that_is_not_utf8(tmp_path, fer):
