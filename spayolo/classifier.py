@@ -159,11 +159,10 @@ class Ensemble:
 
 
 def _is_onnx(model, backend: str) -> bool:
-    """Whether ``model`` (a path, a shipped name or an object) runs on ONNX Runtime with ``backend``."""
-    if backend == "onnx":
-        return True
-    path = _shipped(model, backend) if isinstance(model, (str, Path)) else None
-    return (path or Path(str(model))).suffix.lower() == ".onnx"
+    """Whether ``model`` (a path, a shipped name or an object) runs on ONNX Runtime with ``backend``: with 'torch'
+    only an .onnx file does, as load_classifier resolves it."""
+    return backend == "onnx" or (isinstance(model, (str, Path))
+                                 and (_shipped(model, backend) or Path(model)).suffix.lower() == ".onnx")
 
 
 def _torch_classifier(model, backend: str, device, half: bool, trusted: bool, imgsz: int | None, threads: int | None):
