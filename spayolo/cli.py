@@ -1,18 +1,4 @@
-"""The ``spayolo`` command: ``spayolo [--debug] live|prepare|evaluate|kfold|cam|sweep|teach|benchmark [arguments]``.
-
-    spayolo live --source clip.mp4 --no-show
-    spayolo prepare fer2013 --csv fer2013.csv
-    spayolo evaluate --model weights/spayolo-n-fer2013.pt --data fer2013.yaml
-    spayolo kfold ckplus --model weights/spayolo-n-fer2013.pt --epochs 10
-    spayolo cam --model best.pt --source faces/
-    spayolo sweep zoo-fer2013 --project ~/runs/zoo --export weights/zoo
-    spayolo teach --models weights/spayolo-n-fer2013.pt --data fer2013.yaml --out teacher.pt
-    spayolo benchmark --pipeline
-
-``spayolo <command> --help`` lists a command's arguments. A bad source, model, output or flag stops the command with
-one line naming it and exit status 2 (``spayolo --debug <command> ...`` or ``SPAYOLO_DEBUG=1`` adds the traceback);
-any other error is a bug and keeps its traceback. Ctrl-C gives 130.
-"""
+"""The ``spayolo`` command: ``spayolo [--debug] <command> [arguments]``; ``spayolo --help`` lists the commands."""
 
 from __future__ import annotations
 
@@ -25,21 +11,27 @@ from spayolo.errors import MissingDependencyError, SpayoloError
 
 __all__ = ("COMMANDS", "main")
 
-# command -> module whose main(argv) -> int runs it; imported only when its command is asked for
+# command -> (module whose main(argv) -> int runs it, imported only when its command is asked for; what it does)
 COMMANDS = {
-    "live": "spayolo.apps.live",
-    "prepare": "spayolo.apps.prepare",
-    "evaluate": "spayolo.apps.evaluate",
-    "export-ensemble": "spayolo.apps.export_ensemble",
-    "quantize": "spayolo.apps.quantize",
-    "kfold": "spayolo.apps.kfold",
-    "cam": "spayolo.apps.cam",
-    "sweep": "spayolo.apps.sweep",
-    "teach": "spayolo.apps.teach",
-    "benchmark": "spayolo.benchmark",
-    "analyze": "spayolo.apps.analyze",
+    "live": ("spayolo.apps.live", "faces and expressions on a camera, video, image, folder or stream"),
+    "analyze": ("spayolo.apps.analyze", "per-frame and per-person tables, timelines and a report of videos"),
+    "prepare": ("spayolo.apps.prepare", "a raw dataset release into the folders Ultralytics trains on"),
+    "evaluate": ("spayolo.apps.evaluate", "top-1, per-class and mean per-class accuracy, with or without TTA"),
+    "quantize": ("spayolo.apps.quantize", "an ONNX classifier to INT8, calibrated on a dataset's training faces"),
+    "export-ensemble": ("spayolo.apps.export_ensemble", "several classifiers as one ONNX file that averages them"),
+    "kfold": ("spayolo.apps.kfold", "subject-independent k-fold cross-validation, nested recipe selection"),
+    "cam": ("spayolo.apps.cam", "Grad-CAM heatmaps of a classifier over faces"),
+    "sweep": ("spayolo.apps.sweep", "trains a list of runs with one recipe and tabulates them"),
+    "teach": ("spayolo.apps.teach", "a teacher file for knowledge distillation"),
+    "benchmark": ("spayolo.benchmark", "side-by-side speed of classifiers, the pipeline or training paths"),
 }
 
+
+_EXIT_STATUSES = (
+    "`spayolo <command> --help` lists a command's arguments. A bad source, model, output or flag stops the command\n"
+    "with one line naming it and exit status 2 (`spayolo --debug <command> ...` or SPAYOLO_DEBUG=1 adds the\n"
+    "traceback); any other error is a bug and keeps its traceback. Ctrl-C gives 130."
+)
 
 # what the full install adds to the runtime's NumPy, OpenCV and ONNX Runtime
 FULL_INSTALL = frozenset({"joblib", "lz4", "mtcnn", "onnx", "onnxslim", "torch", "torchvision", "ultralytics", "yaml"})
@@ -49,6 +41,12 @@ def _usage() -> str:
     return f"usage: spayolo [--debug] {{{','.join(COMMANDS)}}} [arguments]   (spayolo <command> --help)"
 
 
+def _help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {command:<{width}}  {summary}" for command, (_, summary) in COMMANDS.items()]
+    return "\n".join([_usage(), "", "commands:", *lines, "", _EXIT_STATUSES])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a spayolo command and return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--debug"]:
         debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(__doc__.strip() if argv else _usage())
+        print(_help() if argv else _usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
@@ -64,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
-            return int(importlib.import_module(COMMANDS[command]).main(rest) or 0)
+            return int(importlib.import_module(COMMANDS[command][0]).main(rest) or 0)
         except ModuleNotFoundError as error:
             if (error.name or "").split(".")[0] not in FULL_INSTALL:
                 raise  # a module of spayolo's own or of the runtime's missing: a broken install, with its traceback
