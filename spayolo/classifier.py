@@ -27,7 +27,8 @@ __all__ = ("DEFAULT_ENSEMBLE", "DEFAULT_MODELS", "EXPRESSIONS", "FAST_MODEL", "E
 # in top-1 goes to mean per-class accuracy and speed) that keeps one face at 60 % of the frame rate of the single model
 # before ensembles; the fast single model is one flag away
 FAST_MODEL = "spayolo-n-fer2013"
-DEFAULT_ENSEMBLE = ("yolov8s-cls-fer2013", "yolov8s-cls-seed1-fer2013", "yolov8s-cls-kd-fer2013")
+DEFAULT_ENSEMBLE = ("yolov8s-cls-kd-fer2013", "yolov8s-cls-kd-seed1-fer2013", "yolov8s-cls-kd-seed2-fer2013",
+                    "yolov8-cls-p4-s-kd-fer2013")
 # per backend: the members quantized to INT8 (spayolo quantize; as accurate as fp32, and faster), or the checkpoints
 # they were exported from
 DEFAULT_MODELS = {"onnx": tuple(packaged("weights", f"{name}-int8.onnx") for name in DEFAULT_ENSEMBLE),
