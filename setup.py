@@ -74,7 +74,8 @@ RUNTIME = {
     # setup.cfg's package data is merged in, not replaced; a deployment carries the classifiers it runs (the default's
     # and the fast one), not the full install's others: spayolo-s in fp32 (23 MB) and the earlier defaults' members
     "exclude_package_data": {"spayolo.weights": ["*.pt", "spayolo-s-fer2013.onnx", "msff-yolo-n-fer2013-int8.onnx",
-                                                 "yolov8s-cls-fer2013-int8.onnx", "yolov8s-cls-seed1-fer2013-int8.onnx"]},
+                                                 "yolov8s-cls-fer2013-int8.onnx",
+                                                 "yolov8s-cls-seed1-fer2013-int8.onnx"]},
 }
 flavour = os.environ.get("SPAYOLO_DIST", "full")
 if flavour not in ("full", "runtime"):
