@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_help() if argv else _usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    # a pipe or a log file would otherwise hold a long command's lines ("source: ...") in a block buffer until it ends
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     if command not in COMMANDS:
         print(f"spayolo: unknown command {command!r}\n{_usage()}", file=sys.stderr)
         return 2

@@ -388,7 +388,9 @@ def silent_server():
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    # stdout is a pipe, buffered as a user's pipe or log file is: the command's lines must arrive as it prints them
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "YOLO_OFFLINE": "1",
+           "YOLO_AUTOINSTALL": "False"}
     return subprocess.Popen([sys.executable, "-m", "spayolo", "live", "--no-show", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
